@@ -1,0 +1,3 @@
+"""MobileNetV2 / V3 SSDLite feature extractors as the TF Object Detection API builds them."""
+
+BASELINES = {}

@@ -1,0 +1,173 @@
+"""Layer primitives with TF1 Object Detection API semantics.
+
+Every convolution uses TF "SAME" padding (``lax.conv_general_dilated(padding="SAME")`` computes the same
+pads as TensorFlow, asymmetric for stride 2 on even inputs). Parameter names mirror the TF1 variable
+names so a checkpoint maps one to one: a conv scope holds ``kernel`` (TF ``weights`` /
+``depthwise_weights``), optionally ``bias`` (TF ``biases``) and a ``BatchNorm`` child whose ``scale``,
+``bias``, ``mean`` and ``var`` are TF's ``gamma``, ``beta``, ``moving_mean`` and ``moving_variance``.
+
+Kernel layouts: regular convs are HWIO ``[kh, kw, in, out]`` like TF; depthwise convs are
+``[kh, kw, 1, C]`` (TF stores ``[kh, kw, C, 1]``).
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# TF1 He-normal (variance_scaling scale 2, fan_in, truncated normal). JAX's truncated normal divides
+# the stddev by 0.87962566103423978 exactly like TF1, so the spec's stddev sqrt(2/fan_in)/0.8796 holds
+# for regular kernels (fan_in = kh*kw*in) and depthwise kernels (fan_in = kh*kw).
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+
+
+def truncated_normal(stddev: float) -> Initializer:
+    """TF1 ``tf.truncated_normal_initializer(stddev)``: the stddev before truncation at 2 sigma."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+    return init
+
+
+def round8(x: float) -> int:
+    """The spec's width rounding: round half up to a multiple of 8, with a floor of 8."""
+    return max(8, int(8 * math.floor(x / 8 + 0.5)))
+
+
+def relu6(x: Array) -> Array:
+    return jax.nn.relu6(x)
+
+
+def hard_swish(x: Array) -> Array:
+    """TF1's "swish6": x * relu6(x + 3) / 6 (lowers to TFLite HARD_SWISH)."""
+    return jax.nn.hard_swish(x)
+
+
+def identity(x: Array) -> Array:
+    return x
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu6": relu6,
+    "hard_swish": hard_swish,
+    "relu": jax.nn.relu,
+    "linear": identity,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NormConfig:
+    """BatchNorm settings of one part of the network (TF ``decay`` is Flax ``momentum``)."""
+
+    momentum: float
+    epsilon: float
+
+
+BACKBONE_NORM = NormConfig(momentum=0.99, epsilon=0.01)  # SPEC 1: set in extract_features
+HEAD_NORM = NormConfig(momentum=0.97, epsilon=0.001)  # SPEC 3: extra layers and box predictor
+
+
+def conv2d(x: Array, kernel: Array, stride: int, groups: int = 1) -> Array:
+    """NHWC convolution with TF "SAME" padding."""
+    return lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(stride, stride),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+class ConvBN(nn.Module):
+    """Bias-free k x k conv (regular or depthwise), BatchNorm, activation.
+
+    ``features`` is ignored for depthwise convs (the output width equals the input width).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    depthwise: bool = False
+    activation: str = "relu6"
+    norm: NormConfig = BACKBONE_NORM
+    kernel_init: Initializer = he_normal
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        cin = x.shape[-1]
+        k = self.kernel_size
+        if self.depthwise:
+            kernel = self.param("kernel", self.kernel_init, (k, k, 1, cin), jnp.float32)
+            y = conv2d(x, kernel, self.stride, groups=cin)
+        else:
+            kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
+            y = conv2d(x, kernel, self.stride)
+        y = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.norm.momentum,
+            epsilon=self.norm.epsilon,
+            dtype=self.dtype,
+            name="BatchNorm",
+        )(y)
+        return ACTIVATIONS[self.activation](y)
+
+
+class ConvBias(nn.Module):
+    """k x k conv (regular or depthwise) with a bias and no normalization or activation."""
+
+    features: int
+    kernel_size: int = 1
+    depthwise: bool = False
+    kernel_init: Initializer = he_normal
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cin = x.shape[-1]
+        k = self.kernel_size
+        if self.depthwise:
+            kernel = self.param("kernel", self.kernel_init, (k, k, 1, cin), jnp.float32)
+            y = conv2d(x, kernel, 1, groups=cin)
+            width = cin
+        else:
+            kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
+            y = conv2d(x, kernel, 1)
+            width = self.features
+        bias = self.param("bias", self.bias_init, (width,), jnp.float32)
+        return y + bias.astype(y.dtype)
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool, 1x1 conv with bias + activation, 1x1 conv with bias, sigmoid gate.
+
+    The pool is a full-window ``avg_pool`` (one AVERAGE_POOL_2D in TFLite, like TF1's AvgPool VALID).
+    """
+
+    hidden: int
+    activation: str = "relu6"
+    gate: str = "sigmoid"  # or "hard_sigmoid" (relu6(x + 3) / 6, slim MobileNetV3)
+    kernel_init: Initializer = he_normal
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h, w = x.shape[1], x.shape[2]
+        s = nn.avg_pool(x, (h, w), strides=(h, w), padding="VALID")
+        s = ConvBias(self.hidden, 1, kernel_init=self.kernel_init, name="Conv")(s)
+        s = ACTIVATIONS[self.activation](s)
+        s = ConvBias(x.shape[-1], 1, kernel_init=self.kernel_init, name="Conv_1")(s)
+        if self.gate == "sigmoid":
+            return x * jax.nn.sigmoid(s)
+        if self.gate == "hard_sigmoid":
+            return x * (jax.nn.relu6(s + 3.0) * (1.0 / 6.0))
+        raise ValueError(f"unknown SE gate {self.gate!r}")
