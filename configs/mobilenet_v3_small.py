@@ -1,0 +1,12 @@
+"""SSDLite + MobileNetV3-Small (detection variant) at 320x320 on COCO (90 classes): a paper baseline.
+
+As ssdlite_mobilenet_v3_small_320x320_coco.config in the TF1 Object Detection API.
+"""
+
+from mobiledet_jax.config import base_config
+
+
+def get_config():
+    config = base_config("mobilenet_v3_small")
+    config.lock()
+    return config
