@@ -109,7 +109,10 @@ def test_num_classes_and_width_multiplier():
 
 def test_dsp_tf2_variant_drops_block20_residual():
     x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
-    m1, m2 = Backbone(backbone_spec("mobiledet_dsp")), Backbone(backbone_spec("mobiledet_dsp", False))
+    m1, m2 = (
+        Backbone(backbone_spec("mobiledet_dsp")),
+        Backbone(backbone_spec("mobiledet_dsp", False)),
+    )
 
     @jax.jit
     def run(x):
