@@ -1,0 +1,94 @@
+"""Model checkpoints in a workdir (orbax): the format that import, training, evaluation and export share.
+
+Layout::
+
+    <workdir>/checkpoints/<step>/model   {'params': ..., 'batch_stats': ...}  (orbax StandardSave)
+    <workdir>/checkpoints/<step>/meta    JSON: {'model': <config.model as a dict>, 'source': ...}
+
+Training adds its own items (optimizer state, input position) beside ``model`` in the same step
+folders; everything that only needs the network restores the ``model`` and ``meta`` items.
+Paths may be local or any file system orbax supports (e.g. ``gs://``).
+"""
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    return epath.Path(workdir) / CHECKPOINT_DIR
+
+
+def _manager(workdir: str, create: bool) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(create=create),
+    )
+
+
+def save_model(
+    workdir: str,
+    variables: Mapping[str, Any],
+    model_config: ml_collections.ConfigDict,
+    step: int = 0,
+    source: str = "",
+) -> epath.Path:
+    """Writes ``{'params', 'batch_stats'}`` and the model config as step ``step``; returns its folder."""
+    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    meta = {"model": model_config.to_dict(), "source": source}
+    with _manager(workdir, create=True) as mngr:
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        mngr.wait_until_finished()
+    path = checkpoint_dir(workdir) / str(step)
+    logging.info("saved model checkpoint %s", path)
+    return path
+
+
+def latest_step(workdir: str) -> int | None:
+    if not checkpoint_dir(workdir).exists():
+        return None
+    with _manager(workdir, create=False) as mngr:
+        return mngr.latest_step()
+
+
+def load_model(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restores ``(variables, meta)`` of ``step`` (default: the latest) as numpy arrays.
+
+    Raises FileNotFoundError with the folder searched when there is no checkpoint.
+    """
+    directory = checkpoint_dir(workdir)
+    if not directory.exists():
+        raise FileNotFoundError(f"no checkpoints folder at {directory}")
+    with _manager(workdir, create=False) as mngr:
+        steps = mngr.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint steps in {directory}")
+        if step is None:
+            step = mngr.latest_step()
+        elif step not in steps:
+            raise FileNotFoundError(f"step {step} not in {directory} (have {sorted(steps)})")
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(model=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+    variables = jax.tree.map(np.asarray, dict(restored["model"]))
+    return variables, dict(restored["meta"])
+
+
+def model_config_from_meta(meta: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The ``config.model`` a checkpoint was written with."""
+    return ml_collections.ConfigDict(dict(meta["model"]))
