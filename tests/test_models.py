@@ -183,3 +183,36 @@ def test_forward_jit_compiles(name, dtype):
     b = np.asarray(ref["class_logits"]).ravel()
     if dtype == "bfloat16":  # bfloat16 compute follows float32 closely (logit correlation)
         assert np.corrcoef(a, b)[0, 1] > 0.95
+
+
+def test_mistyped_config_override_is_an_error():
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    args = ["-m", "mobiledet_jax.summary", "--config=configs/mobiledet_cpu.py"]
+    bad = subprocess.run(
+        [sys.executable, *args, "--config.model.nmae=x"], capture_output=True, text=True, cwd=root
+    )
+    assert bad.returncode != 0
+    assert 'Did you mean "name"' in bad.stderr
+    typed = subprocess.run(
+        [sys.executable, *args, "--config.model.num_classes=abc"], capture_output=True, text=True,
+        cwd=root,
+    )  # fmt: skip
+    assert typed.returncode != 0
+
+
+def test_config_files_are_locked():
+    import importlib.util
+    import pathlib
+
+    for path in sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        cfg = module.get_config()
+        with pytest.raises(AttributeError):
+            cfg.model.nmae = 1
+        build_model(cfg.model)  # every config names a buildable model
