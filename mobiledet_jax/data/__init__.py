@@ -1,0 +1,55 @@
+"""Input pipeline: sources, validation, SSD augmentation and global sharded batches.
+
+Public API::
+
+    from mobiledet_jax import data
+
+    cfg = data.data_config()              # the config.data block; source='synthetic' by default
+    train = data.build_train_iterator(cfg, global_batch_size=64, image_size=320, mesh=mesh, seed=0)
+    batch = next(train)                   # dict of global jax.Arrays sharded over mesh['data']
+    #   image      float32 [B, H, W, 3] in [-1, 1]
+    #   gt_boxes   float32 [B, N, 4]  normalized ymin, xmin, ymax, xmax   (N = cfg.max_boxes)
+    #   gt_classes int32   [B, N]     0-based class index; dataset category id = info.category_ids[c]
+    #   gt_mask    bool    [B, N]     real boxes (crowd boxes never appear in training targets)
+    #   image_id   int32   [B]
+    train.save(ckpt_dir); train.restore(ckpt_dir)   # exact resume: the next batch, no replay
+    train.step                                      # batches taken so far
+
+    evaluation = data.build_eval_iterator(cfg, global_batch_size=64, image_size=320, mesh=mesh)
+    for batch in evaluation:              # len(evaluation) batches on every process
+        ...                               # + gt_is_crowd [B, N], original_size int32 [B, 2]
+                                          #   (height, width), example_mask bool [B]
+    evaluation.info.category_ids          # class index -> dataset category id
+    evaluation.info.ground_truth()        # COCO-format dict for pycocotools (crowd included)
+    evaluation.info.ground_truth_path     # the same as a JSON file, when there is one
+
+Sources (``cfg.source``): ``synthetic`` (shapes, generated on first use, no download),
+``coco_json`` (an instances JSON + image folder, validated and prepared once into TFRecord
+shards) and ``tfds`` (``coco/2017``). ``python -m mobiledet_jax.validate_data`` reports what the
+validation finds in a COCO-format dataset.
+
+Names are imported lazily, so that ``validate_data`` (PIL and numpy only) starts without loading
+TensorFlow or JAX.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "data_config": "config",
+    "build_train_iterator": "iterators",
+    "build_eval_iterator": "iterators",
+    "TrainIterator": "iterators",
+    "EvalIterable": "iterators",
+    "DatasetInfo": "sources",
+    "open_split": "sources",
+    "DataError": "validate",
+    "Report": "validate",
+    "validate_dataset": "validate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,224 @@
+"""COCO-format data on disk (an instances JSON and an image folder), prepared once into shards.
+
+:func:`prepare` validates and repairs every image and box in Python (see ``validate.py``) and writes
+the clean examples round-robin into ``num_shards`` TFRecord files of ``tf.train.Example``
+(``records.py``), plus ``metadata.json`` (shard sizes, label map, validation report) and
+``ground_truth.json`` (the cleaned COCO ground truth, crowd boxes included, for the evaluator).
+The tf.data graph then reads only clean data. Processes read disjoint sets of shards.
+
+The output folder is written under a temporary name and renamed into place, so concurrent
+preparers never expose a half-written split; a folder prepared from a different annotations file
+or options is refused, not silently reused.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+import uuid
+
+import tensorflow as tf
+
+from mobiledet_jax.data import records, validate
+
+FORMAT_VERSION = 1
+METADATA = "metadata.json"
+GROUND_TRUTH = "ground_truth.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSplit:
+    """A prepared split: TFRecord shards and what the evaluator needs."""
+
+    directory: pathlib.Path
+    files: tuple  # shard paths (str), in shard order
+    shard_sizes: tuple  # examples per shard
+    category_ids: tuple  # class index i <-> dataset category id category_ids[i]
+    category_names: tuple
+    ground_truth: pathlib.Path  # cleaned COCO instances JSON
+    report: dict  # validate.Report.to_dict()
+    fingerprint: str
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.shard_sizes)
+
+
+def fingerprint(annotations: str | os.PathLike, *, max_boxes: int, label_map: str) -> str:
+    """Identifies a preparation: the annotations file's content and the options."""
+    if not pathlib.Path(annotations).is_file():
+        raise validate.DataError(f"annotations file not found: {annotations}")
+    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{max_boxes}|{label_map}|".encode())
+    with open(annotations, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def load_prepared(directory: str | os.PathLike) -> PreparedSplit:
+    """Opens a folder written by :func:`prepare`."""
+    directory = pathlib.Path(directory)
+    meta = json.loads((directory / METADATA).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise validate.DataError(
+            f"{directory} was prepared with format {meta.get('format_version')}, this code reads "
+            f"format {FORMAT_VERSION}; delete the folder to prepare it again"
+        )
+    return PreparedSplit(
+        directory=directory,
+        files=tuple(str(directory / name) for name in meta["files"]),
+        shard_sizes=tuple(meta["shard_sizes"]),
+        category_ids=tuple(meta["category_ids"]),
+        category_names=tuple(meta["category_names"]),
+        ground_truth=directory / GROUND_TRUTH,
+        report=meta["report"],
+        fingerprint=meta["fingerprint"],
+    )
+
+
+def prepare(
+    annotations: str | os.PathLike,
+    images: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    max_boxes: int = 100,
+    label_map: str = "dataset",
+    num_shards: int = 16,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreparedSplit:
+    """Validates a COCO-format split and writes it to ``output_dir`` (reused if already there).
+
+    Raises ``validate.DataError`` (with the full report) when the data is not usable.
+    """
+    output_dir = pathlib.Path(output_dir)
+    key = fingerprint(annotations, max_boxes=max_boxes, label_map=label_map)
+    if (output_dir / METADATA).is_file():
+        return _check_reuse(output_dir, key)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write(annotations, images, tmp, key, max_boxes, label_map, num_shards, workers, progress)
+        try:
+            os.rename(tmp, output_dir)
+        except OSError:
+            if not (output_dir / METADATA).is_file():
+                raise
+        return _check_reuse(output_dir, key)  # ours, or an identical one that won a race
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_reuse(output_dir: pathlib.Path, key: str) -> PreparedSplit:
+    split = load_prepared(output_dir)
+    if split.fingerprint != key:
+        raise validate.DataError(
+            f"{output_dir} holds data prepared from a different annotations file or options "
+            f"(fingerprint {split.fingerprint}, expected {key}); delete it or choose another "
+            "prepared_dir"
+        )
+    return split
+
+
+def _write(annotations, images, out, key, max_boxes, label_map, num_shards, workers, progress):
+    report = validate.Report(annotations=str(annotations), images=str(images))
+    coco = validate.read_coco(annotations)
+    labels = validate.build_label_map(coco["categories"], label_map)
+    if not pathlib.Path(images).is_dir():
+        raise validate.DataError(f"image folder not found: {images}")
+    num_shards = max(1, min(num_shards, len(coco["images"])))
+    names = [f"records-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(str(out / name)) for name in names]
+    sizes = [0] * num_shards
+    gt_images, gt_annotations = [], []
+    meter = _Progress(f"prepare {annotations}", len(coco["images"]), enabled=progress)
+    clean = validate.iter_clean_images(
+        coco, images, labels, report, max_boxes=max_boxes, workers=workers
+    )
+    for n, image in enumerate(clean):
+        shard = n % num_shards
+        writers[shard].write(
+            records.encode_example(
+                image.encoded,
+                image.image_id,
+                image.height,
+                image.width,
+                image.boxes,
+                image.classes,
+                image.is_crowd,
+            )
+        )
+        sizes[shard] += 1
+        gt_images.append(
+            {
+                "id": image.image_id,
+                "file_name": image.file_name,
+                "height": image.height,
+                "width": image.width,
+            }
+        )
+        gt_annotations.extend(image.annotations)
+        meter.update(report.num_usable_images + sum(report.counts[r] for r in _SKIPS))
+    for writer in writers:
+        writer.close()
+    meter.done()
+    if not report.usable:
+        raise validate.DataError(f"dataset not usable:\n{report.format()}", report)
+    validate.assign_missing_ids(gt_annotations)
+    ground_truth = {
+        "images": gt_images,
+        "annotations": gt_annotations,
+        "categories": coco["categories"],
+    }
+    (out / GROUND_TRUTH).write_text(json.dumps(ground_truth))
+    used = [i for i, size in enumerate(sizes) if size]  # fewer images than shards after skips
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": key,
+        "files": [names[i] for i in used],
+        "shard_sizes": [sizes[i] for i in used],
+        "category_ids": list(labels.category_ids),
+        "category_names": list(labels.names),
+        "max_boxes": max_boxes,
+        "label_map": label_map,
+        "report": report.to_dict(),
+    }
+    for i, name in enumerate(names):
+        if not sizes[i]:
+            (out / name).unlink()
+    (out / METADATA).write_text(json.dumps(meta, indent=1))
+
+
+_SKIPS = ("missing_image_file", "corrupt_image")
+
+
+class _Progress:
+    """Prints 'done/total, rate, ETA' to stderr at most every few seconds."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, every_s: float = 5.0):
+        self.label, self.total, self.enabled, self.every_s = label, total, enabled, every_s
+        self.start = self.last = time.monotonic()
+        self.count = 0
+
+    def update(self, count: int) -> None:
+        self.count = count
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.every_s:
+            self.last = now
+            rate = count / max(now - self.start, 1e-9)
+            eta = (self.total - count) / max(rate, 1e-9)
+            print(
+                f"{self.label}: {count}/{self.total} images ({rate:.0f}/s, ETA {eta:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def done(self) -> None:
+        if self.enabled:
+            elapsed = time.monotonic() - self.start
+            print(f"{self.label}: {self.count} images in {elapsed:.1f}s", file=sys.stderr)
