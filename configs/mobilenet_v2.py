@@ -7,7 +7,8 @@ every detector at 320x320, as here.
 from mobiledet_jax.config import base_config
 
 
-def get_config():
-    config = base_config("mobilenet_v2")
+def get_config(schedule: str = "long"):
+    """``--config=configs/mobilenet_v2.py:short`` selects the paper's 50K-step schedule."""
+    config = base_config("mobilenet_v2", schedule or "long")
     config.lock()
     return config

@@ -6,7 +6,8 @@ As ssdlite_mobilenet_v3_small_320x320_coco.config in the TF1 Object Detection AP
 from mobiledet_jax.config import base_config
 
 
-def get_config():
-    config = base_config("mobilenet_v3_small")
+def get_config(schedule: str = "long"):
+    """``--config=configs/mobilenet_v3_small.py:short`` selects the paper's 50K-step schedule."""
+    config = base_config("mobilenet_v3_small", schedule or "long")
     config.lock()
     return config

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from mobiledet_jax.models import specs
 from mobiledet_jax.models.blocks import InvertedBottleneck, Tucker
-from mobiledet_jax.models.layers import BACKBONE_NORM, ConvBN, round8
+from mobiledet_jax.models.layers import ConvBN, NormConfig, he_normal, round8, truncated_normal
 
 Array = jax.Array
 
@@ -32,9 +32,12 @@ SCOPE_NAMES = {
 }
 
 
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """slim MobileNet's rounding: nearest multiple, at least ``divisor``, never more than 10% down."""
-    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """slim MobileNet's rounding: nearest multiple, at least ``min_value`` (default ``divisor``), never
+    more than 10% down."""
+    new = max(
+        divisor if min_value is None else min_value, int(value + divisor / 2) // divisor * divisor
+    )
     if new < 0.9 * value:
         new += divisor
     return int(new)
@@ -57,7 +60,13 @@ class ResolvedBlock:
 def resolve_blocks(
     spec: specs.BackboneSpec, width_multiplier: float = 1.0, in_channels: int = 3
 ) -> list[ResolvedBlock]:
-    """Decode the table: scope names, and the exact widths of every block (SPEC section 1)."""
+    """Decode the table: scope names, and the exact widths of every block (SPEC section 1).
+
+    Under ``residual_rule="slim"`` each resolved block's ``spec`` carries the residual flag slim's
+    ``expanded_conv`` decides (stride 1 and equal input and output widths).
+    """
+    if spec.residual_rule not in ("explicit", "slim"):
+        raise ValueError(f"unknown residual_rule {spec.residual_rule!r}")
     counters: dict[str, int] = {}
     names = SCOPE_NAMES[spec.naming]
     cin = in_channels
@@ -70,7 +79,7 @@ def resolve_blocks(
         if spec.expansion_rule == "exact":
             out = round8(row.out * width_multiplier)
         else:
-            out = make_divisible(row.out * width_multiplier)
+            out = make_divisible(row.out * width_multiplier, min_value=spec.min_depth)
         inner = rank_in = se_hidden = 0
         if row.block in (specs.IBN, specs.FUSED):
             if spec.expansion_rule == "exact":
@@ -87,6 +96,8 @@ def resolve_blocks(
             else:
                 se_hidden = make_divisible(se_input * spec.se_ratio)
         activation = row.activation or spec.activation
+        if spec.residual_rule == "slim" and row.block != specs.CONV:
+            row = dataclasses.replace(row, residual=row.stride == 1 and cin == out)
         out_blocks.append(ResolvedBlock(name, row, cin, out, inner, rank_in, se_hidden, activation))
         cin = out
     return out_blocks
@@ -119,9 +130,11 @@ class Backbone(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
         endpoints = {}
         spec = self.spec
+        norm = NormConfig(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon)
+        kernel_init = truncated_normal(spec.init_stddev) if spec.init_stddev > 0 else he_normal
         for b in resolve_blocks(spec, self.width_multiplier, x.shape[-1]):
             row = b.spec
-            common = dict(norm=BACKBONE_NORM, dtype=self.dtype, name=b.name)
+            common = dict(norm=norm, kernel_init=kernel_init, dtype=self.dtype, name=b.name)
             if row.block == specs.CONV:
                 x = ConvBN(b.out, row.kernel, row.stride, activation=b.activation, **common)(
                     x, train

@@ -11,7 +11,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mobiledet_jax.models.layers import BACKBONE_NORM, ConvBN, NormConfig, SqueezeExcite
+from mobiledet_jax.models.layers import (
+    BACKBONE_NORM,
+    ConvBN,
+    Initializer,
+    NormConfig,
+    SqueezeExcite,
+    he_normal,
+)
 
 Array = jax.Array
 
@@ -53,12 +60,13 @@ class InvertedBottleneck(nn.Module):
     se_gate: str = "sigmoid"
     naming: str = "mobiledet"
     norm: NormConfig = BACKBONE_NORM
+    kernel_init: Initializer = he_normal  # every conv kernel of the block, SE included
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
         expand_name, dw_name, se_name, project_name = INNER_NAMES[self.naming][self.kind]
-        common = dict(norm=self.norm, dtype=self.dtype)
+        common = dict(norm=self.norm, kernel_init=self.kernel_init, dtype=self.dtype)
         h = x
         if self.kind == "ibn":
             h = ConvBN(self.inner, 1, activation=self.activation, name=expand_name, **common)(
@@ -86,7 +94,11 @@ class InvertedBottleneck(nn.Module):
             )(h, train)
         if self.se_hidden:
             h = SqueezeExcite(
-                self.se_hidden, activation=self.se_activation, gate=self.se_gate, name=se_name
+                self.se_hidden,
+                activation=self.se_activation,
+                gate=self.se_gate,
+                kernel_init=self.kernel_init,
+                name=se_name,
             )(h)
         h = ConvBN(self.out, 1, activation="linear", name=project_name, **common)(h, train)
         if self.residual:
@@ -107,11 +119,12 @@ class Tucker(nn.Module):
     residual: bool
     activation: str
     norm: NormConfig = BACKBONE_NORM
+    kernel_init: Initializer = he_normal
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
-        common = dict(norm=self.norm, dtype=self.dtype)
+        common = dict(norm=self.norm, kernel_init=self.kernel_init, dtype=self.dtype)
         h = ConvBN(self.rank_in, 1, activation=self.activation, name="Conv", **common)(x, train)
         expansion_output = h
         h = ConvBN(

@@ -156,7 +156,7 @@ class SqueezeExcite(nn.Module):
 
     hidden: int
     activation: str = "relu6"
-    gate: str = "sigmoid"  # or "hard_sigmoid" (relu6(x + 3) / 6, slim MobileNetV3)
+    gate: str = "sigmoid"  # or "hard_sigmoid": slim MobileNetV3's relu6(x + 3) * 0.16667
     kernel_init: Initializer = he_normal
 
     @nn.compact
@@ -169,5 +169,6 @@ class SqueezeExcite(nn.Module):
         if self.gate == "sigmoid":
             return x * jax.nn.sigmoid(s)
         if self.gate == "hard_sigmoid":
-            return x * (jax.nn.relu6(s + 3.0) * (1.0 / 6.0))
+            # slim mobilenet_v3.py writes the constant as 0.16667, not 1/6; kept for output parity.
+            return x * (jax.nn.relu6(s + 3.0) * 0.16667)
         raise ValueError(f"unknown SE gate {self.gate!r}")

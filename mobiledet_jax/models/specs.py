@@ -61,7 +61,7 @@ class BackboneSpec:
 
     Attributes:
       scope: the TF1 scope name (e.g. "MobileDetEdgeTPU"), used in variable names.
-      activation: the family activation ("relu6" or "hard_swish").
+      activation: the family activation ("relu6", "hard_swish" or "relu").
       blocks: the rows.
       ssd_sources: the two endpoints feeding SSD maps 1 and 2.
       naming: "mobiledet" (IBN / FusedConv / TuckerConv scopes with Conv, Conv_1, SeparableConv2d inside)
@@ -70,6 +70,14 @@ class BackboneSpec:
       se_width_source: "expanded" (SE hidden from the SE input width: MobileDet-CPU, MobileNetV3).
       se_activation: inner SE activation; se_gate: "sigmoid" or "hard_sigmoid".
       extra_layer_prefix: TF name prefix of the SSDLite extra layers ("C5" -> C5_1_Conv2d_2_1x1_256).
+      residual_rule: "explicit" (the rows' flags) or "slim" (slim ``expanded_conv``: an identity residual
+        whenever the stride is 1 and the input and output widths match, decided after the width
+        multiplier; the rows' flags are then ignored).
+      min_depth: floor of the block output widths under the "divisible8" rule (slim ``depth_multiplier``
+        min_depth, which the TF1 SSD feature extractors set to the config's min_depth).
+      bn_momentum, bn_epsilon: BatchNorm of the backbone (TF ``decay`` and ``epsilon``).
+      init_stddev: backbone conv kernel init: 0 for He-normal (TF1 MobileDet), else a truncated normal
+        of this stddev (the slim / OD API ``truncated_normal_initializer``).
     """
 
     scope: str
@@ -82,6 +90,11 @@ class BackboneSpec:
     se_activation: str = "relu6"
     se_gate: str = "sigmoid"
     extra_layer_prefix: str = "C5"
+    residual_rule: str = "explicit"
+    min_depth: int = 8
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 0.01
+    init_stddev: float = 0.0
 
 
 def _rows(*groups):
