@@ -153,7 +153,9 @@ def test_input_size():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MOBILEDETS)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+# bfloat16 compute, checked against the float32 model in the same jit (float32 training steps are
+# compiled by the training tests).
+@pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_forward_jit_compiles(name, dtype):
     cfg = config_lib.base_config(name).model
     cfg.compute_dtype = dtype
