@@ -117,13 +117,17 @@ def import_checkpoint(
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "cpu | dsp | edgetpu | gpu", required=True)
-flags.DEFINE_string(
-    "checkpoint", None, "TF1 checkpoint prefix (e.g. .../model.ckpt)", required=True
-)
-flags.DEFINE_string("workdir", None, "where to write the imported checkpoint", required=True)
-flags.DEFINE_integer("num_classes", 90, "foreground classes of the checkpoint's head")
-flags.DEFINE_integer("step", 0, "checkpoint step number to write")
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program)."""
+    flags.DEFINE_string("model", None, "cpu | dsp | edgetpu | gpu", required=True)
+    flags.DEFINE_string(
+        "checkpoint", None, "TF1 checkpoint prefix (e.g. .../model.ckpt)", required=True
+    )
+    flags.DEFINE_string("workdir", None, "where to write the imported checkpoint", required=True)
+    flags.DEFINE_integer("num_classes", 90, "foreground classes of the checkpoint's head")
+    flags.DEFINE_integer("step", 0, "checkpoint step number to write")
 
 
 def main(argv):
@@ -145,4 +149,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,0 +1,128 @@
+"""The export report: one JSON (machine-readable) and one markdown file beside every .tflite.
+
+``<file>.report.json`` holds everything; ``<file>.report.md`` is the same for people: model and
+checkpoint, file and sizes, op counts (with fused activations), the preflight table, parity of the
+raw outputs against JAX, COCO mAP of the TFLite model vs the JAX model, latency.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+
+def parity_stats(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """max/mean |ours - ref| and the relative figure ``max / max(1, max|ref|)``."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        raise ValueError(f"shape {ours.shape} vs reference {ref.shape}")
+    diff = np.abs(ours - ref)
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_abs_ref": float(np.max(np.abs(ref))),
+        "relative": float(diff.max() / scale),
+    }
+
+
+def paths(output: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(output)
+    return out.with_name(out.name + ".report.json"), out.with_name(out.name + ".report.md")
+
+
+def write(report: dict[str, Any], output: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Writes ``<output>.report.json`` and ``<output>.report.md``; returns both paths."""
+    json_path, md_path = paths(output)
+    json_path.write_text(json.dumps(report, indent=1, sort_keys=False, default=_jsonable))
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _fmt(x, digits=4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m, e = r["model"], r["export"]
+    lines = [
+        f"# Export report: {pathlib.Path(e['file']).name}",
+        "",
+        f"- model: `{m['name']}`, {m['num_classes']} classes, input {m['image_size'][0]}x"
+        f"{m['image_size'][1]}, checkpoint step {m['checkpoint_step']} ({m.get('source') or 'workdir'})",
+        f"- target `{e['target']}`, format `{e['format']}`"
+        + (f" ({e['quantization'].upper()})" if e.get("quantization") else "")
+        + f", outputs `{e['outputs']}`"
+        + (f", NMS: {e['nms']}" if e.get("nms") else ""),
+        f"- file size {e['size_bytes'] / 1e6:.3f} MB (params: {m['num_params']:,}; "
+        f"float32 weights would be {4 * m['num_params'] / 1e6:.3f} MB)",
+        f"- input `{e['input']['name']}` {e['input']['dtype']} {e['input']['shape']}"
+        f" (quantization {e['input'].get('quantization')}); normalization 2/255*x-1 in the graph",
+        "- outputs: "
+        + ", ".join(f"`{o['name']}` {o['dtype']} {o['shape']}" for o in e["output_tensors"]),
+        f"- conversion took {r.get('timing', {}).get('convert_s', 0):.1f} s; versions: "
+        + ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items()),
+        "",
+        "## Ops",
+        "",
+    ]
+    ops = r["ops"]
+    lines += _table(["op", "count"], [[k, v] for k, v in ops["counts"].items()])
+    lines += ["", f"Total {ops['total']}; fused activations: {ops['fused']}", ""]
+    pre = r.get("preflight")
+    if pre:
+        lines += [f"## Preflight ({pre['target']}): {'OK' if pre['ok'] else 'FAIL'}", "", "```"]
+        lines += [pre["table"], "```", ""]
+    par = r.get("parity")
+    if par:
+        lines += [f"## Parity with JAX ({par['images']} images from `{par['source']}`)", ""]
+        rows = [
+            [k, v["max_abs_diff"], v["mean_abs_diff"], v["max_abs_ref"], v["relative"]]
+            for k, v in par["outputs"].items()
+        ]
+        lines += _table(
+            ["output", "max abs diff", "mean abs diff", "max abs ref", "relative"], rows
+        )
+        lines += ["", par.get("note", ""), ""]
+    coco = r.get("coco")
+    if coco:
+        lines += [f"## COCO on `{coco['split']}` ({coco['images']} images)", ""]
+        if coco.get("error"):
+            lines += [f"not computed: {coco['error']}", ""]
+        else:
+            keys = ["AP", "AP50", "AP75", "AR100"]
+            rows = [[name, *(coco[name].get(k) for k in keys)] for name in ("jax", "tflite")]
+            lines += _table(["model", *keys], rows)
+            lines += ["", f"TFLite - JAX AP: {_fmt(coco['ap_drop'])}", ""]
+    lat = r.get("latency")
+    if lat:
+        lines += [
+            "## Latency",
+            "",
+            f"{_fmt(lat['median_ms'], 3)} ms median of {lat['runs']} invokes after {lat['warmup']} "
+            f"warm-up, batch 1, {lat['threads']} thread, ai-edge-litert "
+            f"({'XNNPACK' if lat['xnnpack'] else 'builtin kernels'}) on {lat['machine']}",
+            "",
+        ]
+    return "\n".join(lines)

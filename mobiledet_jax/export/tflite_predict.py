@@ -1,0 +1,160 @@
+"""Running an exported .tflite with ai-edge-litert: raw outputs, a ``predict_fn`` for evaluation,
+detections, and latency.
+
+``TFLiteModel(path)`` is the evaluation-side view of an export:
+
+- ``model(images)`` with ``images [B, H, W, 3]`` float32 in [-1, 1] (the input pipeline's
+  convention) returns ``(box_encodings [B, A, 4], class_logits [B, A, C + 1])`` as float32 numpy:
+  the ``predict_fn(images) -> (box_encodings, class_logits)`` interface of
+  ``mobiledet_jax.evaluate``. Images go into the file as pixels ``round((x + 1) * 127.5)`` (uint8
+  inputs) or ``(x + 1) * 127.5`` (float inputs); quantized outputs are dequantized.
+- ``model.detect(images)`` returns ``detection.postprocess.Detections`` for either kind of export:
+  raw files through our JAX post-processing, post-processed files from the op's outputs (boxes
+  clipped to [0, 1] as ours are).
+- ``make_detect_fn(model, anchors)`` adapts it to ``evaluate.run_coco_evaluation``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from mobiledet_jax.detection import postprocess
+
+RAW_NAMES = ("box_encodings", "class_logits")
+SCORE_NAMES = ("box_encodings", "class_scores")
+POST_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+
+
+def _interpreter(model: str | bytes, num_threads: int = 1, xnnpack: bool = True):
+    from ai_edge_litert import interpreter as litert
+
+    kw = {"num_threads": num_threads}
+    if not xnnpack:
+        kw["experimental_op_resolver_type"] = (
+            litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+    if isinstance(model, bytes | bytearray):
+        return litert.Interpreter(model_content=bytes(model), **kw)
+    return litert.Interpreter(model_path=str(model), **kw)
+
+
+class TFLiteModel:
+    """An exported detector in the LiteRT interpreter (batch 1; batches are looped)."""
+
+    def __init__(self, model: str | bytes, num_threads: int = 1, xnnpack: bool = True):
+        self.interpreter = _interpreter(model, num_threads, xnnpack)
+        self.interpreter.allocate_tensors()
+        (self._input,) = self.interpreter.get_input_details()
+        self._outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        names = set(self._outputs)
+        if names >= set(RAW_NAMES):
+            self.kind = "raw"
+        elif names >= set(SCORE_NAMES):
+            self.kind = "scores"  # a post-processing body, before the op is appended
+        elif names >= set(POST_NAMES):
+            self.kind = "postprocessed"
+        else:
+            raise ValueError(f"not a mobiledet_jax export: outputs {sorted(names)}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._input["shape"])
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self._input["dtype"])
+
+    def invoke(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """One image ``[1, H, W, 3]`` of pixels in [0, 255] -> every output, dequantized float32."""
+        pixels = np.asarray(pixels)
+        if self.input_dtype == np.uint8:
+            pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+        else:
+            pixels = pixels.astype(self.input_dtype)
+        self.interpreter.set_tensor(self._input["index"], pixels.reshape(self.input_shape))
+        self.interpreter.invoke()
+        out = {}
+        for name, d in self._outputs.items():
+            value = self.interpreter.get_tensor(d["index"])
+            scale, zero = d["quantization"]
+            if value.dtype != np.float32 and scale:
+                value = (value.astype(np.float32) - zero) * np.float32(scale)
+            out[name] = np.asarray(value, np.float32)
+        return out
+
+    def raw(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels ``[B, H, W, 3]`` -> ``(box_encodings [B, A, 4], class_logits [B, A, C + 1])``."""
+        if self.kind != "raw":
+            raise ValueError("raw outputs need an --outputs=raw export")
+        outs = [self.invoke(p[None]) for p in np.asarray(pixels)]
+        return tuple(np.concatenate([o[n] for o in outs]) for n in RAW_NAMES)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_fn``: images ``[B, H, W, 3]`` float32 in [-1, 1] -> raw outputs."""
+        return self.raw(images_to_pixels(images))
+
+    def detect(self, images: np.ndarray, anchors: np.ndarray | None = None):
+        """Images ``[B, H, W, 3]`` in [-1, 1] -> ``postprocess.Detections`` (numpy)."""
+        pixels = images_to_pixels(images)
+        if self.kind == "raw":
+            if anchors is None:
+                raise ValueError("a raw export needs the anchors to decode its boxes")
+            import jax.numpy as jnp
+
+            boxes, logits = self.raw(pixels)
+            det = postprocess.postprocess(jnp.asarray(boxes), jnp.asarray(logits), anchors)
+            return postprocess.Detections(*(np.asarray(x) for x in det))
+        outs = [self.invoke(p[None]) for p in pixels]
+        return _op_detections(outs)
+
+
+def _op_detections(outs: list[dict[str, np.ndarray]]) -> postprocess.Detections:
+    boxes = np.concatenate([np.clip(o["detection_boxes"], 0.0, 1.0) for o in outs])
+    scores = np.concatenate([o["detection_scores"] for o in outs])
+    classes = np.concatenate([o["detection_classes"] for o in outs]).astype(np.int32)
+    num = np.concatenate([o["num_detections"] for o in outs]).astype(np.int32)
+    return postprocess.Detections(boxes, scores, classes, num, np.zeros_like(classes))
+
+
+def images_to_pixels(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] float images (``preprocess`` output) back to [0, 255] pixels."""
+    return (np.asarray(images, np.float32) + 1.0) * np.float32(127.5)
+
+
+def make_detect_fn(model: TFLiteModel, anchors=None):
+    """``batch -> (detections, ground truth)`` for ``evaluate.run_coco_evaluation``."""
+
+    def detect(batch):
+        det = model.detect(np.asarray(batch["image"]), anchors)
+        gt = {k: np.asarray(v) for k, v in batch.items() if k != "image"}
+        return det, gt
+
+    return detect
+
+
+def latency_ms(
+    model: str | bytes,
+    runs: int = 50,
+    warmup: int = 5,
+    num_threads: int = 1,
+    xnnpack: bool = True,
+    seed: int = 0,
+) -> float:
+    """Median wall time of ``runs`` invokes after ``warmup`` (batch 1, random pixels), in ms."""
+    interp = _interpreter(model, num_threads, xnnpack)
+    interp.allocate_tensors()
+    (inp,) = interp.get_input_details()
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, inp["shape"]).astype(inp["dtype"])
+    interp.set_tensor(inp["index"], x)
+    for _ in range(warmup):
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)
