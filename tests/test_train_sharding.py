@@ -1,0 +1,91 @@
+"""SPMD training: 8 devices and 1 device give the same losses and parameters (synchronized BN over
+the global batch, the same global batch), and training runs as two ``jax.distributed`` processes.
+
+Each run is the real training command (tests/train_harness.py).
+"""
+
+import socket
+
+import numpy as np
+import pytest
+
+from tests import train_harness as th
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharding")
+    return {"data": root / "data", "cache": root / "jax_cache"}
+
+
+def _variables(workdir):
+    import jax
+
+    from mobiledet_jax import checkpoints
+
+    variables, _ = checkpoints.load_model(str(workdir))
+    return jax.tree_util.tree_flatten_with_path(variables)[0]
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one_device(shared, tmp_path):
+    env = th.environment(shared["cache"], devices=8)
+    runs = {}
+    for name, mesh in (("eight", -1), ("one", 1)):
+        work = tmp_path / name
+        proc = th.run(work, th.tiny_overrides(shared["data"], STEPS, **{"mesh.data": mesh}), env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "process 0/1, 8 devices" in proc.stderr
+        runs[name] = work
+    eight, one = th.losses_by_step(runs["eight"]), th.losses_by_step(runs["one"])
+    assert sorted(eight) == sorted(one) == [1, 2, 3]
+    for step in one:
+        np.testing.assert_allclose(eight[step], one[step], rtol=2e-5)
+    # Per-device BN statistics (one image per device here) would change these far beyond 1e-4.
+    for (path, a), (_, b) in zip(_variables(runs["eight"]), _variables(runs["one"]), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4, err_msg=str(path)
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_distributed_training(shared, tmp_path):
+    from mobiledet_jax import data
+
+    cfg = data.data_config()
+    cfg.cache_dir = str(shared["data"])
+    cfg.synthetic.num_train, cfg.synthetic.num_val, cfg.num_shards = 64, 16, 4
+    data.sources.open_split(cfg, "train"), data.sources.open_split(cfg, "val")  # prepared once
+
+    env = th.environment(shared["cache"], devices=2)
+    work = tmp_path / "two_process"
+    port = _free_port()
+    overrides = th.tiny_overrides(shared["data"], STEPS, **{"eval.max_batches": 1})
+    procs = []
+    for pid in range(2):
+        dist = [
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={pid}",
+        ]
+        procs.append(th.start(work, overrides + dist, env))
+    outs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=900)
+        outs.append(out)
+        assert proc.returncode == 0, out[-4000:]
+    assert "process 0/2, 4 devices" in outs[0] and "process 1/2, 4 devices" in outs[1]
+    steps = [m["step"] for m in th.metrics(work) if "loss" in m]
+    assert steps == [1, 2, 3], "metrics are written by process 0 only, once per step"
+    assert all(np.isfinite(m["loss"]) for m in th.metrics(work) if "loss" in m)
+    assert th.complete_steps(work) == [STEPS]
+    assert "AP50" in outs[0] and "AP50" not in outs[1]
+    assert (work / "best" / "checkpoints" / str(STEPS)).is_dir()
