@@ -20,13 +20,17 @@ def shared(tmp_path_factory):
     return {"data": root / "data", "cache": root / "jax_cache"}
 
 
-def _variables(workdir):
+def _variables(workdir, step):
     import jax
 
     from mobiledet_jax import checkpoints
 
-    variables, _ = checkpoints.load_model(str(workdir))
+    variables, _ = checkpoints.load_model(str(workdir), step)
     return jax.tree_util.tree_flatten_with_path(variables)[0]
+
+
+def _metric(workdir, name):
+    return {m["step"]: m[name] for m in th.metrics(workdir) if name in m}
 
 
 @pytest.mark.slow
@@ -35,19 +39,30 @@ def test_eight_devices_equal_one_device(shared, tmp_path):
     runs = {}
     for name, mesh in (("eight", -1), ("one", 1)):
         work = tmp_path / name
-        proc = th.run(work, th.tiny_overrides(shared["data"], STEPS, **{"mesh.data": mesh}), env)
+        overrides = th.tiny_overrides(
+            shared["data"], STEPS, **{"mesh.data": mesh, "checkpoint.every_steps": 1}
+        )
+        proc = th.run(work, overrides, env)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "process 0/1, 8 devices" in proc.stderr
         runs[name] = work
-    eight, one = th.losses_by_step(runs["eight"]), th.losses_by_step(runs["one"])
-    assert sorted(eight) == sorted(one) == [1, 2, 3]
-    for step in one:
-        np.testing.assert_allclose(eight[step], one[step], rtol=2e-5)
-    # Per-device BN statistics (one image per device here) would change these far beyond 1e-4.
-    for (path, a), (_, b) in zip(_variables(runs["eight"]), _variables(runs["one"]), strict=True):
+    loss8, loss1 = _metric(runs["eight"], "loss"), _metric(runs["one"], "loss")
+    assert sorted(loss8) == sorted(loss1) == [1, 2, 3]
+    # Step 1: the same global batch through the same weights. With per-device BatchNorm (one image
+    # per device here) the loss would differ by far more than float32 reduction order.
+    np.testing.assert_allclose(loss8[1], loss1[1], rtol=1e-5)
+    grad8, grad1 = _metric(runs["eight"], "grad_norm"), _metric(runs["one"], "grad_norm")
+    np.testing.assert_allclose(grad8[1], grad1[1], rtol=1e-3)
+    for (path, a), (_, b) in zip(
+        _variables(runs["eight"], 1), _variables(runs["one"], 1), strict=True
+    ):
         np.testing.assert_allclose(
-            np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4, err_msg=str(path)
+            np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5, err_msg=str(path)
         )
+    # Later steps: summation order differences grow through the updates (measured 2e-4 relative at
+    # step 2 on this tiny 96x96 model), still far below any batch or BN mistake.
+    for step in (2, 3):
+        np.testing.assert_allclose(loss8[step], loss1[step], rtol=5e-3)
 
 
 def _free_port() -> int:
@@ -59,11 +74,12 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_process_distributed_training(shared, tmp_path):
     from mobiledet_jax import data
+    from mobiledet_jax.data import sources
 
     cfg = data.data_config()
     cfg.cache_dir = str(shared["data"])
     cfg.synthetic.num_train, cfg.synthetic.num_val, cfg.num_shards = 64, 16, 4
-    data.sources.open_split(cfg, "train"), data.sources.open_split(cfg, "val")  # prepared once
+    sources.open_split(cfg, "train"), sources.open_split(cfg, "val")  # prepared once
 
     env = th.environment(shared["cache"], devices=2)
     work = tmp_path / "two_process"
