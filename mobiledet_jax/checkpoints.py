@@ -65,6 +65,19 @@ def latest_step(workdir: str) -> int | None:
         return mngr.latest_step()
 
 
+def _local_target(item_dir) -> Any:
+    """Shapes and dtypes of a saved ``model`` item, placed on this process's first device.
+
+    Restoring onto an explicit target lets a checkpoint written on any topology (a pod slice, 8
+    devices) be read on another one (a laptop CPU for evaluation or export).
+    """
+    tree = ocp.StandardCheckpointer().metadata(str(item_dir))
+    tree = getattr(tree, "item_metadata", tree)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+
+
 def load_model(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restores ``(variables, meta)`` of ``step`` (default: the latest) as numpy arrays.
 
@@ -83,7 +96,10 @@ def load_model(workdir: str, step: int | None = None) -> tuple[dict[str, Any], d
             raise FileNotFoundError(f"step {step} not in {directory} (have {sorted(steps)})")
         restored = mngr.restore(
             step,
-            args=ocp.args.Composite(model=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(_local_target(directory / str(step) / "model")),
+                meta=ocp.args.JsonRestore(),
+            ),
         )
     variables = jax.tree.map(np.asarray, dict(restored["model"]))
     return variables, dict(restored["meta"])

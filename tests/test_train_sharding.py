@@ -57,12 +57,13 @@ def test_eight_devices_equal_one_device(shared, tmp_path):
         _variables(runs["eight"], 1), _variables(runs["one"], 1), strict=True
     ):
         np.testing.assert_allclose(
-            np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5, err_msg=str(path)
+            np.asarray(a), np.asarray(b), rtol=1e-3, atol=5e-4, err_msg=str(path)
         )
-    # Later steps: summation order differences grow through the updates (measured 2e-4 relative at
-    # step 2 on this tiny 96x96 model), still far below any batch or BN mistake.
+    # Measured: parameters after step 1 within 2e-4 (stem kernel); a wrong batch or per-device BN
+    # moves them by learning rate x gradient, ~1e-2. Later steps: summation-order differences grow
+    # through the updates (measured 2e-4 relative at step 2, 5e-3 at step 3 on this 96x96 model).
     for step in (2, 3):
-        np.testing.assert_allclose(loss8[step], loss1[step], rtol=5e-3)
+        np.testing.assert_allclose(loss8[step], loss1[step], rtol=1.5e-2)
 
 
 def _free_port() -> int:
