@@ -6,6 +6,8 @@ The TF1 reference data lives in ``../shared/reference/tf1`` next to the checkout
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -25,3 +27,22 @@ def tf1_reference_dir() -> pathlib.Path:
             f"TF1 reference data not found at {path}; set MOBILEDET_SHARED to the shared/ folder"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def tf1_edgetpu_workdir(tmp_path_factory, tf1_reference_dir) -> pathlib.Path:
+    """The seeded TF1 MobileDet-EdgeTPU checkpoint of make_checkpoint.py (90 classes), imported
+    with ``python -m mobiledet_jax.import_tf1`` into a workdir."""
+    base = tmp_path_factory.mktemp("tf1_edgetpu")
+    prefix = base / "tf1" / "model.ckpt"
+    workdir = base / "workdir"
+    for args in (
+        [str(tf1_reference_dir / "make_checkpoint.py"), "--variant", "edgetpu", "--ckpt", str(prefix)],
+        ["-m", "mobiledet_jax.import_tf1", "--model=edgetpu", f"--checkpoint={prefix}",
+         f"--workdir={workdir}"],
+    ):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return workdir
