@@ -11,6 +11,11 @@ import sys
 
 import pytest
 
+# With libtpu installed (requirements-tpu-aot.txt, for the AOT compile test), JAX would probe for a
+# TPU in this process and in every subprocess a test starts; the tests run on the CPU. The AOT
+# compile uses libtpu's compile-only topology, which needs no TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -19,14 +19,21 @@ What makes MobileDet go through (qwix 0.1.8, litert-converter 0.5.0):
    conv handler does not parse: ``_Conv`` normalizes them first;
 2. ``jax.nn.hard_swish`` (MobileDet-CPU) is registered as one quantized op, so the converter emits
    one int8 HARD_SWISH instead of a float island (EXPORT_NOTES fix 1);
-3. ``jax.nn.sigmoid`` (SE gates, the ``scores`` head) is registered with TFLite LOGISTIC's fixed
-   output range [0, 255/256] (fix 3). Fix 2 (array constants) needs no code here: MobileDet uses
-   ``jax.nn.relu6`` / ``jax.nn.hard_swish`` and no Python-scalar arithmetic inside the network.
+3. ``jax.nn.sigmoid`` (SE gates) is registered with TFLite LOGISTIC's fixed output range
+   [0, 255/256] (fix 3). The ``scores`` head's sigmoid comes after the model (outside qwix's
+   interception), so ``convert`` appends it to the int8 logits as an int8 LOGISTIC in the
+   flatbuffer. Fix 2 (array constants) needs no code here: MobileDet uses ``jax.nn.relu6`` /
+   ``jax.nn.hard_swish`` and no Python-scalar arithmetic inside the network.
+
+Per-channel symmetric weight quantization commutes with BatchNorm's per-channel scale, so fake-
+quantizing the unfolded kernel gives the folded kernel's int8 grid (up to the BN shift, which folds
+into the int32 bias). In training mode BN uses batch statistics, as TF's QAT before its BN freeze.
 
 Parameters must be ``jax.Array``s (``numpy`` arrays lose qwix's weight tags on ``astype``, which
 would leave the convolutions float): ``_as_jax`` converts them. Anything that still stays float is
 an error (``QatError``), never a silent float layer: ``qat_model`` checks that its rule covers every
-convolution, and ``convert`` checks the converted file with ``check_int8``.
+convolution, ``calibrate`` that qwix fake-quantized every conv kernel while tracing, and ``convert``
+checks the converted file with ``check_int8``.
 """
 
 from __future__ import annotations
@@ -183,8 +190,9 @@ def check_int8(tflite: bytes) -> None:
         raise QatError(f"{len(bad)} op(s) left in float after QAT conversion: {bad[:10]}")
 
 
-def stablehlo_text(model, variables, quant_stats, image_size, head: str = "logits") -> str:
-    """The conversion model (static scales, ``quant.fake_quant`` composites) as StableHLO text."""
+def stablehlo_text(model, variables, quant_stats, image_size) -> str:
+    """The conversion model (static scales, ``quant.fake_quant`` composites) as StableHLO text:
+    ``images -> (box_encodings, class_logits)``."""
     v = _as_jax({k: variables[k] for k in ("params", "batch_stats")})
     provider = qwix.OdmlConversionProvider(
         rules(), v["params"], _as_jax(quant_stats), fixed_range_for_inputs=INPUT_RANGE
@@ -193,8 +201,7 @@ def stablehlo_text(model, variables, quant_stats, image_size, head: str = "logit
 
     def fn(images):
         out = cmodel.apply(v, images, train=False)
-        logits = out["class_logits"]
-        return out["box_encodings"], (jax.nn.sigmoid(logits) if head == "scores" else logits)
+        return out["box_encodings"], out["class_logits"]
 
     shape = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
     return jax.export.export(jax.jit(fn))(shape).mlir_module()
@@ -202,13 +209,17 @@ def stablehlo_text(model, variables, quant_stats, image_size, head: str = "logit
 
 def convert(model, variables, quant_stats, image_size, head: str = "logits") -> bytes:
     """QAT model -> int8 TFLite with uint8 input (pixels, ``(p - 128) * 2/255`` inside) and uint8
-    outputs, tensor names as ``convert.convert`` (``images``; ``box_encodings``, ``class_*``)."""
+    outputs, tensor names as ``convert.convert`` (``images``; ``box_encodings``, ``class_*``).
+
+    ``head="scores"`` appends one int8 LOGISTIC to the logits (see ``_logistic_output``): a sigmoid
+    traced after the model would be outside qwix's interception, i.e. a float op.
+    """
     from litert_converter import converter_api_ext as C
     from litert_converter.mlir import ir, passmanager
 
     if not quant_stats:
         raise QatError("no quant_stats: calibrate or train the QAT model first")
-    text = stablehlo_text(model, variables, quant_stats, image_size, head)
+    text = stablehlo_text(model, variables, quant_stats, image_size)
     names = list(convert_lib.HEADS[head])
     with ir.Context() as ctx, ir.Location.unknown():
         C.prepare_mlir_context(ctx)
@@ -220,10 +231,44 @@ def convert(model, variables, quant_stats, image_size, head: str = "logits") -> 
         C.run_convert_to_tfl_passes(module, passmanager.PassManager(), config)
         C.set_signature(module.operation, "serving_default", [convert_lib.INPUT_NAME], names)
         tflite = bytes(C.export_flatbuffer_to_bytes(module.operation))
+    if head == "scores":
+        tflite = _logistic_output(tflite, 1)
     tflite = _uint8_interface(tflite)
     check_int8(tflite)
     model_t = tflite_model.read(tflite)
     return tflite_model.write(tflite_model.set_io_names(model_t, [convert_lib.INPUT_NAME], names))
+
+
+def _logistic_output(tflite: bytes, output: int) -> bytes:
+    """Output ``output`` (int8, then DEQUANTIZE) through an int8 LOGISTIC with TFLite's fixed output
+    quantization (scale 1/256, zero point -128: the [0, 255/256] range of the QAT sigmoid)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from mobiledet_jax.export.postprocess_op import _opcode
+
+    model = tflite_model.read(tflite)
+    sg = model.subgraphs[0]
+    out = sg.outputs[output]
+    pos, dequant = next((i, op) for i, op in enumerate(sg.operators) if out in list(op.outputs))
+    x = sg.tensors[dequant.inputs[0]]
+    if (
+        tflite_model.op_code_name(model, dequant.opcodeIndex)[0] != "DEQUANTIZE"
+        or x.type != schema.TensorType.INT8
+    ):
+        raise QatError("the QAT logits are not an int8 tensor before a DEQUANTIZE output")
+    y = schema.TensorT()
+    y.name, y.shape, y.type = b"class_scores_int8", list(x.shape), schema.TensorType.INT8
+    y.quantization = schema.QuantizationParametersT()
+    y.quantization.scale, y.quantization.zeroPoint = [1.0 / 256.0], [-128]
+    model.buffers.append(schema.BufferT())
+    y.buffer = len(model.buffers) - 1
+    sg.tensors.append(y)
+    logistic = schema.OperatorT()
+    logistic.opcodeIndex = _opcode(model, schema.BuiltinOperator.LOGISTIC, version=2)  # int8
+    logistic.inputs, logistic.outputs = [int(dequant.inputs[0])], [len(sg.tensors) - 1]
+    dequant.inputs = [len(sg.tensors) - 1]
+    sg.operators.insert(pos, logistic)
+    return tflite_model.write(model)
 
 
 def _uint8_interface(tflite: bytes) -> bytes:
