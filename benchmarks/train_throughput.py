@@ -44,8 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from mobiledet_jax import train_step  # noqa: E402
 from mobiledet_jax.config import base_config  # noqa: E402
-from mobiledet_jax.detection import anchors as anchors_lib  # noqa: E402
-from mobiledet_jax.models import build_model, input_size  # noqa: E402
+from mobiledet_jax.models import input_size  # noqa: E402
 
 MOBILEDETS = ("mobiledet_cpu", "mobiledet_dsp", "mobiledet_edgetpu", "mobiledet_gpu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -100,18 +99,9 @@ def bench_model(name: str, args, mesh) -> dict:
     config.model.image_size = args.image_size
     batch_size = args.batch_size * mesh.devices.size
     config.train.batch_size = batch_size
-    model = build_model(config.model)
+    model, optimizer, step = train_step.train_step_for_config(config, mesh)
     size = input_size(config.model)
-    optimizer = train_step.make_optimizer(config.train)
     state = train_step.create_train_state(model, optimizer, size, jax.random.key(0), mesh)
-    step = train_step.make_train_step(
-        model,
-        optimizer,
-        anchors_lib.anchors_jnp(*size),
-        config.model.num_classes,
-        config.train,
-        mesh,
-    )
     batch = synthetic_batch(config, batch_size, train_step.batch_sharding(mesh))
     start = time.perf_counter()
     lowered = step.lower(state, batch)

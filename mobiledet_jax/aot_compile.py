@@ -35,8 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mobiledet_jax import train_step
-from mobiledet_jax.detection import anchors as anchors_lib
-from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.models import input_size
 
 GIB = 1024**3
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "trillium": "v6e"}
@@ -132,9 +131,8 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_size: int, sharding=
 
 def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int):
     """``jax.stages.Lowered`` of the trainer's train step on ``mesh``, from abstract inputs only."""
-    model = build_model(config.model)
+    model, optimizer, step = train_step.train_step_for_config(config, mesh)
     size = input_size(config.model)
-    optimizer = train_step.make_optimizer(config.train)
     state = jax.eval_shape(
         lambda rng: train_step.create_train_state(model, optimizer, size, rng, mesh),
         jax.random.key(config.seed),
@@ -144,14 +142,6 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int):
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state
     )
     batch = abstract_batch(config, batch_size, train_step.batch_sharding(mesh))
-    step = train_step.make_train_step(
-        model,
-        optimizer,
-        anchors_lib.anchors_jnp(*size),
-        config.model.num_classes,
-        config.train,
-        mesh,
-    )
     return step.lower(state, batch)
 
 

@@ -179,3 +179,16 @@ def make_detect_fn(model: nn.Module, anchors: jax.Array, mesh: Mesh):
         return det, keep
 
     return jax.jit(detect, out_shardings=replicated(mesh))
+
+
+def train_step_for_config(config: ml_collections.ConfigDict, mesh: Mesh):
+    """``(model, optimizer, step)`` of ``config``: the float model, its optimizer and the jitted step
+    as the trainer builds them (for tools that compile or time the step: AOT, benchmarks)."""
+    from mobiledet_jax.detection import anchors as anchors_lib
+    from mobiledet_jax.models import build_model, input_size
+
+    model = build_model(config.model)
+    optimizer = make_optimizer(config.train)
+    anchors = anchors_lib.anchors_jnp(*input_size(config.model))
+    step = make_train_step(model, optimizer, anchors, config.model.num_classes, config.train, mesh)
+    return model, optimizer, step
