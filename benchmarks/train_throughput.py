@@ -97,6 +97,7 @@ def bench_model(name: str, args, mesh) -> dict:
     config = base_config(name)
     config.model.compute_dtype = args.dtype
     config.model.image_size = args.image_size
+    config.model.width_multiplier = args.width_multiplier
     batch_size = args.batch_size * mesh.devices.size
     config.train.batch_size = batch_size
     model, optimizer, step = train_step.train_step_for_config(config, mesh)
@@ -123,6 +124,7 @@ def bench_model(name: str, args, mesh) -> dict:
     return {
         "model": name,
         "image_size": list(size),
+        "width_multiplier": args.width_multiplier,
         "dtype": args.dtype,
         "devices": int(devices),
         "global_batch": batch_size,
@@ -157,6 +159,9 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MOBILEDETS), help="comma-separated model names")
     p.add_argument("--batch_size", type=int, default=8, help="images per device")
     p.add_argument("--image_size", type=int, default=320)
+    p.add_argument(
+        "--width_multiplier", type=float, default=1.0, help="depth multiplier (1.0: the paper's)"
+    )
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")

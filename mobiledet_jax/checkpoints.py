@@ -11,6 +11,7 @@ Paths may be local or any file system orbax supports (e.g. ``gs://``).
 """
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,8 +24,15 @@ from etils import epath
 CHECKPOINT_DIR = "checkpoints"
 
 
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """The workdir as orbax needs it: local paths made absolute (``runs/x`` -> ``$PWD/runs/x``),
+    URLs (``gs://...``) unchanged. orbax refuses relative checkpoint paths at the first save."""
+    text = os.fspath(workdir)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def checkpoint_dir(workdir: str) -> epath.Path:
-    return epath.Path(workdir) / CHECKPOINT_DIR
+    return workdir_path(workdir) / CHECKPOINT_DIR
 
 
 def _manager(workdir: str, create: bool) -> ocp.CheckpointManager:

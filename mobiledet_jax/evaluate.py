@@ -35,7 +35,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from mobiledet_jax import checkpoints, data
+from mobiledet_jax import checkpoints, console_logs, data
 from mobiledet_jax import config as config_lib
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.evaluation.coco import CocoEvaluator
@@ -239,7 +239,7 @@ def main_tflite() -> None:
 
 def main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    console_logs.setup()
     if FLAGS.tflite:
         return main_tflite()
     if not FLAGS.workdir:

@@ -31,7 +31,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from mobiledet_jax import checkpoints, data, evaluate, finetune, train_step
+from mobiledet_jax import checkpoints, console_logs, data, evaluate, finetune, train_step
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.models import build_model, input_size
 from mobiledet_jax.train_checkpoints import TrainCheckpointer
@@ -154,7 +154,7 @@ class _MetricsLog:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
-    workdir = epath.Path(workdir)
+    workdir = checkpoints.workdir_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = train_step.make_mesh(config.mesh)
     model = build_model(config.model)
@@ -287,7 +287,7 @@ def main(argv):
     if FLAGS.config is None:
         print("train: --config is required", file=sys.stderr)
         sys.exit(2)
-    logging.getLogger().setLevel(logging.INFO)
+    console_logs.setup()
     _maybe_initialize_distributed()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if cache:

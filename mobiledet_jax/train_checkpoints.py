@@ -19,7 +19,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from mobiledet_jax.checkpoints import CHECKPOINT_DIR
+from mobiledet_jax.checkpoints import CHECKPOINT_DIR, workdir_path
 from mobiledet_jax.train_step import TrainState
 
 INPUT_STATE_DIR = "input_state"
@@ -28,7 +28,7 @@ BEST_DIR = "best"
 
 class TrainCheckpointer:
     def __init__(self, workdir: str, cfg: ml_collections.ConfigDict, model_config):
-        self.workdir = epath.Path(workdir)
+        self.workdir = workdir_path(workdir)
         self._model_meta = model_config.to_dict()
         self._manager = ocp.CheckpointManager(
             self.workdir / CHECKPOINT_DIR,

@@ -26,6 +26,7 @@ from mobiledet_jax.models import build_model, input_size
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = {
+    "model.name": "mobiledet_edgetpu",
     "model.image_size": 64,
     "model.width_multiplier": 0.25,
     "train.batch_size": 8,

@@ -21,6 +21,7 @@ KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs"
 
 def _fields(cache_dir):
     return {
+        "model.name": "mobiledet_edgetpu",
         "model.image_size": SIZE,
         "model.width_multiplier": 0.25,
         "eval.batch_size": 8,

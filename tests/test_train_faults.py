@@ -112,6 +112,8 @@ def _eval_lines(stdout: str) -> list[str]:
 def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(shared, tmp_path):
     env = th.environment(shared["cache"])
     work = tmp_path / "nan"
+    # Given as a relative path (the README's `--workdir=runs/quickstart` style): orbax needs
+    # absolute checkpoint paths, so the run must make it absolute before the first save.
     # Step 1 trains at 1e-3; from step 2 the warmup ramps the learning rate to ~1e29.
     overrides = th.tiny_overrides(
         shared["data"],
@@ -123,7 +125,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(shared, tmp_
             "checkpoint.every_steps": 1,
         },
     )
-    proc = th.run(work, overrides, env)
+    proc = th.run("nan", overrides, env, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr[-4000:]
     message = [ln for ln in proc.stderr.splitlines() if ln.startswith("train: ")]
     assert message, proc.stderr[-4000:]

@@ -1,6 +1,6 @@
 """Runs the real training command (``python -m mobiledet_jax.train``) as a subprocess for tests.
 
-Every run uses a tiny setting of the quickstart config (MobileDet-EdgeTPU at 96x96, global batch 8,
+Every run uses a tiny setting of the quickstart config (MobileDet-EdgeTPU width 0.35 at 96x96, batch 8,
 64 synthetic training images), one metrics line per step, and a compilation cache shared by the
 test session, so that repeated runs of the same configuration compile once.
 """
@@ -19,6 +19,9 @@ FAULT_RUNNER = pathlib.Path(__file__).with_name("train_fault_runner.py")
 
 def tiny_overrides(cache_dir, steps: int, **extra) -> list[str]:
     fields = {
+        # the test model is pinned here, whatever configs/quickstart.py trains
+        "model.name": "mobiledet_edgetpu",
+        "model.width_multiplier": 0.35,
         "model.image_size": 96,
         "train.num_steps": steps,
         "train.batch_size": 8,
@@ -53,17 +56,17 @@ def command(workdir, overrides: list[str], runner: str | None = None) -> list[st
     return [
         sys.executable,
         *entry,
-        "--config=configs/quickstart.py",
+        f"--config={REPO / 'configs' / 'quickstart.py'}",  # runs from any working directory
         f"--workdir={workdir}",
         *overrides,
     ]
 
 
-def run(workdir, overrides, env, timeout=900, runner=None) -> subprocess.CompletedProcess:
-    """Runs training to its end; fails the test with the log tail when it exits non-zero."""
+def run(workdir, overrides, env, timeout=900, runner=None, cwd=REPO) -> subprocess.CompletedProcess:
+    """Runs training to its end (``workdir`` may be relative to ``cwd``)."""
     proc = subprocess.run(
         command(workdir, overrides, runner),
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
