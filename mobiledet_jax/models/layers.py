@@ -118,6 +118,9 @@ class ConvBN(nn.Module):
             momentum=self.norm.momentum,
             epsilon=self.norm.epsilon,
             dtype=self.dtype,
+            # two-pass batch variance, as TF's fused batch norm: the one-pass E[x^2] - E[x]^2
+            # cancels catastrophically in float32 when a channel's mean dwarfs its spread
+            use_fast_variance=False,
             name="BatchNorm",
         )(y)
         return ACTIVATIONS[self.activation](y)
