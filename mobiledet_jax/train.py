@@ -230,7 +230,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         config, state.variables, mesh, model=train_model
                     )
                 log.write(step, {f"eval/{k}": v for k, v in final_metrics.items()})
-                logging.info("step %d eval: %s", step, evaluate.format_metrics(final_metrics))
+                if last:  # the command prints the full table once it returns
+                    logging.info(
+                        "step %d eval: AP %.4f, AP50 %.4f",
+                        step,
+                        final_metrics["AP"],
+                        final_metrics["AP50"],
+                    )
+                else:
+                    logging.info("step %d eval: %s", step, evaluate.format_metrics(final_metrics))
                 if final_metrics["AP"] > best_ap:
                     best_ap = final_metrics["AP"]
                     ckpt.save_best(state, final_metrics)
