@@ -21,16 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mobiledet_jax.aot_compile import Topology  # noqa: E402
-
-MODELS = (
-    "mobiledet_cpu",
-    "mobiledet_dsp",
-    "mobiledet_edgetpu",
-    "mobiledet_gpu",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "mobilenet_v3_small",
-)
+from mobiledet_jax.config import MODEL_NAMES  # noqa: E402
 
 
 def compile_one(model: str, slice_name: str, per_device: int, path: pathlib.Path) -> dict:
@@ -72,7 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
+    p.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated model names")
     p.add_argument("--slices", default="v4-32,v5e-16", help="comma-separated TPU slices")
     p.add_argument(
         "--extra",
@@ -88,11 +79,18 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     slices = [s.strip() for s in args.slices.split(",") if s.strip()]
     pairs = [(m, s) for m in models for s in slices]
-    pairs += [tuple(x.split(":")) for x in args.extra.split(",") if x.strip()]
+    for extra in (x.strip() for x in args.extra.split(",") if x.strip()):
+        if extra.count(":") != 1:
+            p.error(f"--extra takes model:slice pairs, got {extra!r}")
+        pairs.append(tuple(extra.split(":")))
     pairs.sort()
-    for model, _ in pairs:
+    for model, slice_name in pairs:
         if not (REPO / "configs" / f"{model}.py").exists():
-            p.error(f"no configs/{model}.py")
+            p.error(f"no configs/{model}.py (models: {', '.join(MODEL_NAMES)})")
+        try:
+            Topology.parse(slice_name)
+        except ValueError as e:
+            p.error(str(e))
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reports = []

@@ -51,6 +51,9 @@ def test_preemption_and_crashes_resume_exactly(shared, tmp_path):
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert th.complete_steps(ref_dir) == [4, 8, 12]
     assert "AP50" in ref.stdout
+    # the final COCO table is printed once, on stdout; the log has a one-line summary of it
+    assert ref.stdout.count("per-class AP") == 1 and "per-class AP" not in ref.stderr
+    assert "step 12 eval: AP " in ref.stderr
 
     work = tmp_path / "interrupted"
     # 1. SIGTERM (a TPU preemption notice): save the current step and exit cleanly.
