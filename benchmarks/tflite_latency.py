@@ -54,7 +54,7 @@ def measure(files: dict[str, bytes], runs: int, repeats: int, xnnpack: bool) -> 
     rounds = {k: [] for k in files}
     for _ in range(repeats):
         for k, data in files.items():
-            rounds[k].append(tflite_predict.latency_ms(data, runs=runs, xnnpack=xnnpack))
+            rounds[k].append(runtime.latency_ms(data, runs=runs, xnnpack=xnnpack))
     return {k: (float(np.median(v)), float(min(v)), float(max(v))) for k, v in rounds.items()}
 
 
@@ -92,7 +92,7 @@ def main():
             row = {
                 "model": name, "format": fmt, "keras_vs_flax_max_diff": diff,
                 "latency_ms": lat, "ratio": lat["jax"][0] / lat["keras"][0],
-                "ops": {"jax": tflite_model.op_counts(ours), "keras": tflite_model.op_counts(theirs)},
+                "ops": {"jax": flatbuffer.op_counts(ours), "keras": flatbuffer.op_counts(theirs)},
                 "size_bytes": {"jax": len(ours), "keras": len(theirs)},
                 "convert_s": t_ours,
             }  # fmt: skip

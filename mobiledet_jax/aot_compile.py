@@ -7,7 +7,7 @@ Needs libtpu, and no TPU: ``pip install -r requirements-tpu-aot.txt`` (the libtp
 ``jax[tpu]`` pins for the installed jax). libtpu describes the slice as compile-only devices; the
 command builds the ``data`` mesh over them, abstract (``ShapeDtypeStruct``) train state and batch
 (state replicated, batch sharded along ``data``), lowers and compiles the train step of
-``mobiledet_jax.train_step`` (the function the trainer jits) and prints, per device:
+``mobiledet_jax.training.step`` (the function the trainer jits) and prints, per device:
 
 - memory from ``compiled.memory_analysis()``: arguments, outputs (aliased with the donated state),
   temporaries, generated code and their total against the device's HBM;
@@ -34,8 +34,10 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mobiledet_jax import train_step
+from mobiledet_jax import sharding
 from mobiledet_jax.models import input_size
+from mobiledet_jax.training import state as state_lib
+from mobiledet_jax.training import step as step_lib
 
 GIB = 1024**3
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "trillium": "v6e"}
@@ -131,17 +133,17 @@ def abstract_batch(config: ml_collections.ConfigDict, batch_size: int, sharding=
 
 def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int):
     """``jax.stages.Lowered`` of the trainer's train step on ``mesh``, from abstract inputs only."""
-    model, optimizer, step = train_step.train_step_for_config(config, mesh)
+    model, optimizer, step = step_lib.train_step_for_config(config, mesh)
     size = input_size(config.model)
     state = jax.eval_shape(
-        lambda rng: train_step.create_train_state(model, optimizer, size, rng, mesh),
+        lambda rng: state_lib.create_train_state(model, optimizer, size, rng, mesh),
         jax.random.key(config.seed),
     )
-    replicated = train_step.replicated(mesh)
+    replicated = sharding.replicated(mesh)
     state = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state
     )
-    batch = abstract_batch(config, batch_size, train_step.batch_sharding(mesh))
+    batch = abstract_batch(config, batch_size, sharding.batch_sharding(mesh))
     return step.lower(state, batch)
 
 
@@ -246,7 +248,7 @@ def run(config: ml_collections.ConfigDict, topology_name: str) -> dict:
     if len(devices) != topology.devices:
         raise RuntimeError(f"libtpu gave {len(devices)} devices for {topology.name}")
     mesh_config = ml_collections.ConfigDict({"data": -1})
-    mesh = train_step.make_mesh(mesh_config, devices)
+    mesh = sharding.make_mesh(mesh_config, devices)
     start = time.perf_counter()
     lowered = lower_train_step(config, mesh, batch)
     try:

@@ -7,6 +7,10 @@ so a mistyped key (in a config file or on the command line) is an error, never s
 
 import ml_collections
 
+# Input sources understood by ``mobiledet_jax.data`` and label maps of ``config.data.label_map``.
+SOURCES = ("synthetic", "coco_json", "tfds")
+LABEL_MAPS = ("dataset", "coco90")
+
 # Model names understood by ``mobiledet_jax.models.build_model``.
 MODEL_NAMES = (
     "mobiledet_cpu",
@@ -38,7 +42,7 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     return m
 
 
-# The paper's two standalone-training schedules (SPEC sections 5 and 9).
+# The paper's two standalone-training schedules (docs/reference/recipe.md).
 SCHEDULES = {
     # 400K steps, global batch 512, peak 0.8, linear warmup over 2000 steps from 0.13333.
     "long": dict(num_steps=400_000, batch_size=512, base_lr=0.8, warmup_steps=2000,
@@ -63,8 +67,11 @@ def train_config(schedule: str = "long") -> ml_collections.ConfigDict:
     t.l2_weight = 4e-5  # slim convention: l2_weight * 0.5 * sum(w^2) over conv kernels
     t.grad_clip_norm = 0.0  # 0: none (the reference config sets none)
     t.log_every = 100  # steps between metric lines
-    t.nan_check_every = 1  # steps between NaN/Inf loss checks (each one syncs with the host)
-    # Quantization-aware training (export/qat.py, qwix): fake int8 quantization as TFLite does it
+    # NaN/Inf guard: the loss, gradient norm and update norm of every step are checked on the host
+    # with each log window and before every checkpoint save and evaluation, so nothing non-finite
+    # is ever saved. N > 0 also checks every N steps (each check waits for the device); 0: only then.
+    t.nan_check_every = 0
+    # Quantization-aware training (models/qat.py, qwix): fake int8 quantization as TFLite does it
     # (per-channel symmetric weights, per-tensor activation ranges in the `quant_stats` collection,
     # BN folded, ReLU6 fused), calibrated on the first batch and saved in checkpoints; evaluation
     # runs the fake-quant model, and `export --format=int8` converts it instead of PTQ. Usually
@@ -76,12 +83,12 @@ def train_config(schedule: str = "long") -> ml_collections.ConfigDict:
 
 def base_config(model_name: str = "mobiledet_edgetpu", schedule: str = "long"):
     """A complete, unlocked experiment config. Config files lock it before returning."""
-    from mobiledet_jax.data.config import data_config  # no TF import at module level
-
     c = ml_collections.ConfigDict()
     c.model = model_config(model_name)
     c.train = train_config(schedule)
     c.data = data_config()
+    c.detection = detection_config()
+    c.export = export_config()
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices along the data axis; -1 = all devices (parameters replicated)
@@ -102,3 +109,108 @@ def base_config(model_name: str = "mobiledet_edgetpu", schedule: str = "long"):
 
     c.seed = 0
     return c
+
+
+def detection_config() -> ml_collections.ConfigDict:
+    """The ``config.detection`` block: anchors, matching, loss and NMS of the reference recipe
+    (the TF1 configs of the published MobileDets; docs/reference/head_and_anchors.md)."""
+    d = ml_collections.ConfigDict()
+    d.anchors = ml_collections.ConfigDict()
+    d.anchors.min_scale = 0.2  # scale of map 1; map 0 uses lowest_layer_boxes
+    d.anchors.max_scale = 0.95  # scale of map 5; scales are linear in between, then 1.0
+    d.anchors.aspect_ratios = (1.0, 2.0, 0.5, 3.0, 0.3333)  # maps 1..5, + 1 interpolated
+    d.anchors.interpolated_scale_aspect_ratio = 1.0  # sqrt(s_l * s_l+1) box; 0 drops it
+    d.anchors.reduce_boxes_in_lowest_layer = True  # map 0: the three (scale, ratio) boxes below
+    d.anchors.lowest_layer_boxes = ((0.1, 1.0), (0.2, 2.0), (0.2, 0.5))  # scale 0.2 = min_scale
+    d.matcher = ml_collections.ConfigDict()
+    d.matcher.matched_threshold = 0.5  # IoU >= this: positive anchor
+    d.matcher.unmatched_threshold = 0.5  # IoU < this: negative; in between: ignored
+    d.matcher.force_match_for_each_row = True  # every box keeps its best anchor
+    d.matcher.negatives_lower_than_unmatched = True  # TF's band order
+    d.loss = ml_collections.ConfigDict()
+    d.loss.focal_alpha = 0.75  # weight of target-1 entries (1 - alpha for target 0)
+    d.loss.focal_gamma = 2.0
+    d.loss.huber_delta = 1.0  # smooth-L1 (Huber) transition point
+    d.loss.classification_weight = 1.0
+    d.loss.localization_weight = 1.0
+    d.nms = ml_collections.ConfigDict()
+    d.nms.score_threshold = 1e-8
+    d.nms.iou_threshold = 0.6
+    d.nms.max_per_class = 100
+    d.nms.max_total = 100
+    # Top-K pre-selection sizes of the exact fast NMS (speed only: results never change).
+    d.nms.candidates_per_class = (128, 512)
+    return d
+
+
+def export_config() -> ml_collections.ConfigDict:
+    """The ``config.export`` block: what ``python -m mobiledet_jax.export`` does by default (its
+    flags override these fields)."""
+    e = ml_collections.ConfigDict()
+    e.target = "cpu"  # cpu (float32), gpu (float16), edgetpu and dsp (full int8)
+    e.format = ""  # "" = the target's preset; float32, float16 or int8
+    e.outputs = "postprocessed"  # or "raw" (box encodings and class logits, no NMS op)
+    e.representative_images = 64  # int8 calibration images drawn from the training input
+    e.parity_images = 8  # evaluation images for the raw-output parity check against JAX
+    e.eval_split = "val"  # split of the parity images and the COCO comparison
+    e.eval_images = -1  # COCO comparison images: -1 the whole split, 0 skip
+    e.eval_batch_size = 16
+    e.latency_runs = 50  # timed invokes (1 thread, XNNPACK); 0 skips the latency measurement
+    e.fast_nms = False  # the post-processing op's class-agnostic "fast" NMS instead of per class
+    e.float_input = False  # float formats: float32 pixel input instead of uint8
+    e.edgetpu_runtime_version = 14  # EdgeTPU runtime the delegate rules check against
+    e.seed = 0
+    return e
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """Input pipeline defaults (ml_collections ConfigDict, unlocked).
+
+    Paths left empty mean "the default": the cache folder is ``$MOBILEDET_DATA_CACHE`` or
+    ``~/.cache/mobiledet_jax``; prepared shards of COCO-format data go under it.
+    """
+    d = ml_collections.ConfigDict()
+    d.source = "synthetic"  # one of SOURCES
+    d.cache_dir = (
+        ""  # synthetic images and prepared shards; "" -> $MOBILEDET_DATA_CACHE or ~/.cache
+    )
+    d.max_boxes = 100  # ground truth padded/truncated to this many boxes per image, with a mask
+    # "dataset": classes are the dataset's categories sorted by id, numbered 0..K-1.
+    # "coco90": class = category_id - 1 (the TF1 90-slot COCO label map of the published checkpoints).
+    d.label_map = "dataset"
+    d.num_shards = 16  # TFRecord shards written per prepared split; processes read disjoint shards
+
+    d.synthetic = ml_collections.ConfigDict()
+    d.synthetic.num_train = 512
+    d.synthetic.num_val = 128
+    d.synthetic.seed = 0
+
+    d.coco_json = ml_collections.ConfigDict()
+    d.coco_json.train_annotations = ""  # instances JSON
+    d.coco_json.train_images = ""  # folder the JSON's file_name entries are relative to
+    d.coco_json.val_annotations = ""
+    d.coco_json.val_images = ""
+    d.coco_json.prepared_dir = ""  # "" -> <cache_dir>/prepared/<name>-<fingerprint>
+
+    d.tfds = ml_collections.ConfigDict()
+    d.tfds.name = "coco/2017"
+    d.tfds.data_dir = ""  # "" -> TFDS default (~/tensorflow_datasets)
+    d.tfds.manual_dir = (
+        ""  # folder holding train2017.zip, val2017.zip, annotations_trainval2017.zip
+    )
+    d.tfds.download = False  # run download_and_prepare when the dataset is not built yet
+    d.tfds.train_split = "train"
+    d.tfds.val_split = "validation"
+
+    d.augment = ml_collections.ConfigDict()
+    d.augment.horizontal_flip = True
+    d.augment.flip_probability = 0.5
+    d.augment.ssd_random_crop = True
+    d.augment.keep_original_probability = 0.15  # TF OD API random_coef
+
+    # TF1 resize_bilinear (half_pixel_centers=False) matches the published checkpoints.
+    d.half_pixel_centers = False
+    d.shuffle_buffer = 1024  # serialized examples held per process
+    d.num_parallel_calls = -1  # -1 = tf.data AUTOTUNE
+    d.prefetch = 2  # batches
+    return d

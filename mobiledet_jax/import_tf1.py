@@ -6,7 +6,7 @@ Reads the checkpoint with TensorFlow's checkpoint reader (no Object Detection AP
 variable by name and shape onto our parameters and BatchNorm statistics (depthwise kernels re-laid
 out), and fails with the full list when anything is left unmapped on either side or a shape differs.
 Optimizer slots and bookkeeping variables (``global_step``, ``.../Momentum``, ...) are reported and
-skipped. The result is written with ``mobiledet_jax.checkpoints.save_model`` (step 0 by default), which
+skipped. The result is written with ``mobiledet_jax.workdir.save_model`` (step 0 by default), which
 training (fine-tuning), evaluation and export read.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
 
-from mobiledet_jax import checkpoints
 from mobiledet_jax import config as config_lib
+from mobiledet_jax import workdir as workdir_lib
 from mobiledet_jax.models import backbone_spec, build_model, tf1_names
 
 SHORT_NAMES = {"cpu", "dsp", "edgetpu", "gpu"}
@@ -112,7 +112,7 @@ def import_checkpoint(
     cfg.num_classes = num_classes
     tf_vars = read_tf1_checkpoint(checkpoint)
     variables, report = map_tf1_variables(tf_vars, cfg)
-    checkpoints.save_model(workdir, variables, cfg, step=step, source=f"tf1:{checkpoint}")
+    workdir_lib.save_model(workdir, variables, cfg, step=step, source=f"tf1:{checkpoint}")
     return report
 
 
@@ -143,7 +143,7 @@ def main(argv):
         logging.info("skipped non-model variable %s", name)
     print(
         f"imported {report.num_variables} variables ({report.num_values:,} values) from "
-        f"{FLAGS.checkpoint} into {checkpoints.checkpoint_dir(FLAGS.workdir)}/{FLAGS.step}; "
+        f"{FLAGS.checkpoint} into {workdir_lib.checkpoint_dir(FLAGS.workdir)}/{FLAGS.step}; "
         f"skipped {len(report.ignored)} optimizer/bookkeeping variables"
     )
 

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
+from mobiledet_jax.config import LABEL_MAPS
 from mobiledet_jax.data import validate
-from mobiledet_jax.data.config import LABEL_MAPS
 
 
 def parse_args(argv):

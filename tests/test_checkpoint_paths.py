@@ -6,7 +6,7 @@ import os
 import numpy as np
 from ml_collections import ConfigDict
 
-from mobiledet_jax import checkpoints
+from mobiledet_jax import workdir
 
 
 def test_workdir_path_makes_local_paths_absolute_and_keeps_urls(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mobiledet_jax import checkpoints
+from mobiledet_jax import workdir
 from mobiledet_jax import config as config_lib
 from mobiledet_jax.data.synthetic import CLASS_NAMES
 from mobiledet_jax.detection import anchors as anchors_lib
@@ -74,7 +74,7 @@ def test_raw_float_export_is_a_predict_fn(workdir, tmp_path):
     model = build_model(checkpoints.model_config_from_meta(meta))
     pixels = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.uint8)
     images = pixels.astype(np.float32) / 127.5 - 1.0
-    boxes, logits = tflite_predict.TFLiteModel(str(out))(images)
+    boxes, logits = runtime.TFLiteModel(str(out))(images)
     ref_boxes, ref_logits = pipeline.jax_raw(model, variables, pixels)
     assert boxes.shape == (2, len(anchors), 4) and logits.shape == (2, len(anchors), 5)
     np.testing.assert_allclose(boxes, ref_boxes, atol=1e-4)

@@ -48,7 +48,7 @@ def test_float32_graph_is_fused_and_named(tiny, exports):
     # every conv that is followed by ReLU6 in the model carries it fused
     fused = summary["conv_activations"]
     assert fused["CONV_2D/RELU6"] + fused["DEPTHWISE_CONV_2D/RELU6"] == 59
-    (inp,), outs = tflite_model.io_tensors(tfl)
+    (inp,), outs = flatbuffer.io_tensors(tfl)
     assert (inp.name, inp.dtype, inp.shape) == ("images", "UINT8", (1, *SIZE, 3))
     assert [o.name for o in outs] == ["box_encodings", "class_logits"]
     assert [o.shape for o in outs] == [(1, 330, 4), (1, 330, 4)]
@@ -63,7 +63,7 @@ def test_float32_parity(tiny, exports, pixels):
 
 def test_float16_stores_half_weights(tiny, exports, pixels):
     model, variables = tiny
-    ops = tflite_model.op_counts(exports["float16"])
+    ops = flatbuffer.op_counts(exports["float16"])
     assert ops["DEQUANTIZE"] >= 93  # float16 weights dequantized at load
     assert len(exports["float16"]) < 0.7 * len(exports["float32"])  # 0.62 here
     stats = pipeline.parity(exports["float16"], model, variables, list(pixels), "logits")
@@ -75,7 +75,7 @@ def test_int8_is_fully_integer(tiny, exports):
     _, variables = tiny
     tfl = exports["int8"]
     convert.check_fused(tfl, convert.count_convs(variables))
-    for op in tflite_model.list_ops(tfl):
+    for op in flatbuffer.list_ops(tfl):
         for t in (*op.inputs, *op.outputs):
             if t is None or (t.dtype == "INT32" and t.is_constant):
                 continue  # biases
@@ -84,7 +84,7 @@ def test_int8_is_fully_integer(tiny, exports):
         if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             weights = op.inputs[1]
             assert weights.num_scales == weights.shape[0 if op.name == "CONV_2D" else 3]
-    scale, zero = tflite_model.quantization(tfl, "images")
+    scale, zero = flatbuffer.quantization(tfl, "images")
     assert (float(scale[0]), int(zero[0])) == (1.0, 0)  # raw pixels go in unchanged
 
 
@@ -101,20 +101,20 @@ def test_int8_error_is_a_few_quantization_steps(tiny, exports, pixels):
 def test_check_fused_rejects_unfolded_or_foreign_graphs(exports):
     with pytest.raises(convert.ConversionError, match="conv ops"):
         convert.check_fused(exports["float32"], expected_convs=94)
-    model = tflite_model.read(exports["float32"])
+    model = flatbuffer.read(exports["float32"])
     from ai_edge_litert import schema_py_generated as schema
 
     code = next(c for c in model.operatorCodes if c.builtinCode == schema.BuiltinOperator.SUB)
     code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.TRANSPOSE
     with pytest.raises(convert.ConversionError, match="TRANSPOSE"):
-        convert.check_fused(tflite_model.write(model))
+        convert.check_fused(flatbuffer.write(model))
 
 
 def test_non_square_input(tiny):
     model, variables = tiny
     size = (96, 128)
     tfl = convert.convert(model, variables, size, "float32")
-    (inp,), (boxes, logits) = tflite_model.io_tensors(tfl)
+    (inp,), (boxes, logits) = flatbuffer.io_tensors(tfl)
     from mobiledet_jax.detection import anchors
 
     assert inp.shape == (1, *size, 3) and boxes.shape == (1, anchors.num_anchors(*size), 4)

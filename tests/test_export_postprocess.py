@@ -95,7 +95,7 @@ def test_custom_options_carry_the_spec_settings():
 
 def test_float_op_detections_equal_jax_postprocessing(tiny, float_file, image):
     ours = _jax_detections(tiny, image)
-    m = tflite_predict.TFLiteModel(str(float_file))
+    m = runtime.TFLiteModel(str(float_file))
     assert m.kind == "postprocessed"
     out = m.invoke(image[None])
     n = int(out["num_detections"][0])
@@ -122,13 +122,13 @@ def _assert_same_detections(ours, theirs, box_tol, top=60):
 def test_int8_op_decodes_its_own_dequantized_outputs(bodies, tiny, image):
     """Each uint8-model detection is (decode(box_encodings[a]), c, class_scores[a, c+1])."""
     anchors = anchors_lib.anchors_for_image(*SIZE)
-    body = tflite_predict.TFLiteModel(bodies["int8"])
+    body = runtime.TFLiteModel(bodies["int8"])
     raw = body.invoke(image[None])
     decoded = np.asarray(box_coder.decode(raw["box_encodings"][0], anchors))
     full = postprocess_op.append_postprocess(bodies["int8"], anchors, len(NAMES))
-    ops = tflite_model.op_counts(full)
+    ops = flatbuffer.op_counts(full)
     assert ops["DEQUANTIZE"] == 2 and ops[postprocess_op.OP_NAME] == 1
-    out = tflite_predict.TFLiteModel(full).invoke(image[None])
+    out = runtime.TFLiteModel(full).invoke(image[None])
     n = int(out["num_detections"][0])
     assert n == 100
     for i in range(n):
@@ -142,7 +142,7 @@ def test_fast_nms_option_is_class_agnostic(bodies, image):
     nms = postprocess_op.NmsConfig(use_regular_nms=False)
     anchors = anchors_lib.anchors_for_image(*SIZE)
     full = postprocess_op.append_postprocess(bodies["float32"], anchors, len(NAMES), nms)
-    out = tflite_predict.TFLiteModel(full).invoke(image[None])
+    out = runtime.TFLiteModel(full).invoke(image[None])
     n = int(out["num_detections"][0])
     boxes = {tuple(np.round(b, 6)) for b in out["detection_boxes"][0, :n]}
     assert len(boxes) == n  # one class per kept box
@@ -166,7 +166,7 @@ def test_metadata_round_trip(float_file):
     assert names == ["location", "category", "score", "number of detections"]
     assert meta.minParserVersion.decode() == metadata.MIN_PARSER_VERSION
     # the outputs carrying the metadata are the op's, in its order
-    _, outs = tflite_model.io_tensors(float_file.read_bytes())
+    _, outs = flatbuffer.io_tensors(float_file.read_bytes())
     assert [o.name for o in outs] == list(postprocess_op.OUTPUT_NAMES)
 
 

@@ -80,14 +80,14 @@ def test_unsupported_op_splits_the_edgetpu_graph(files):
 
 def test_dsp_rule_on_an_edited_conv(files):
     data, _ = files["edgetpu_int8"]
-    model = tflite_model.read(data)
+    model = flatbuffer.read(data)
     op = next(
         o
         for o in model.subgraphs[0].operators
-        if tflite_model.op_code_name(model, o.opcodeIndex)[0] == "CONV_2D"
+        if flatbuffer.op_code_name(model, o.opcodeIndex)[0] == "CONV_2D"
     )
     op.builtinOptions.strideH = op.builtinOptions.strideW = 4
-    edited = tflite_model.write(model)
+    edited = flatbuffer.write(model)
     result = preflight.check(edited, "dsp")
     assert not result.ok and result.partitions == 2
     assert [op.reason for op in result.failing] == ["stride > 3"]

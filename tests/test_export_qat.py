@@ -32,15 +32,15 @@ def test_qat_model_converts_to_full_int8(setup):
     # (a training step through qmodel works too, but takes minutes op by op on 2 CPUs: the
     # training loop will exercise it)
     tflite = qat.convert(model, variables, quant_stats, SIZE)
-    ops = tflite_model.op_counts(tflite)
+    ops = flatbuffer.op_counts(tflite)
     assert ops["CONV_2D"] + ops["DEPTHWISE_CONV_2D"] == 93
     assert set(ops) <= {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE",
                         "QUANTIZE", "DEQUANTIZE"}  # fmt: skip
-    (inp,), outs = tflite_model.io_tensors(tflite)
+    (inp,), outs = flatbuffer.io_tensors(tflite)
     assert inp.dtype == "UINT8" and [o.dtype for o in outs] == ["UINT8", "UINT8"]
     assert [o.name for o in outs] == ["box_encodings", "class_logits"]
     # the int8 file computes what the fake-quant JAX model computes (uint8 input: (p - 128) * 2/255)
-    m = tflite_predict.TFLiteModel(tflite)
+    m = runtime.TFLiteModel(tflite)
     got = m.invoke(pixels[:1])
     x = (jnp.asarray(pixels[:1], jnp.float32) - 128.0) * (2.0 / 255.0)
     fake_quant = jax.jit(  # under jit: qwix's op-by-op interception compiles once
@@ -50,7 +50,7 @@ def test_qat_model_converts_to_full_int8(setup):
     )
     ref = fake_quant(x)
     for name in ("box_encodings", "class_logits"):
-        step = float(tflite_model.quantization(tflite, name)[0][0])
+        step = float(flatbuffer.quantization(tflite, name)[0][0])
         diff = np.abs(got[name] - np.asarray(ref[name]))
         assert diff.max() < 6 * step and diff.mean() < step, (name, diff.max() / step)
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from mobiledet_jax.export import tflite_predict
+from mobiledet_jax.tflite import runtime
 
 REF_KEYS = {"box_encodings": "box_encodings", "class_logits": "class_predictions_with_background"}
 
@@ -39,7 +39,7 @@ def test_tf1_checkpoint_to_float_tflite_matches_reference(tmp_path, tf1_referenc
 
     ref = np.load(tf1_reference_dir / "edgetpu" / "outputs.npz")
     x = np.random.default_rng(1234).uniform(0, 255, (1, 320, 320, 3)).astype(np.float32)
-    outputs = tflite_predict.TFLiteModel(str(out)).invoke(x)
+    outputs = runtime.TFLiteModel(str(out)).invoke(x)
     for ours, theirs in REF_KEYS.items():
         assert outputs[ours].shape == ref[theirs].shape
         tol = 1e-4 * max(1.0, float(np.max(np.abs(ref[theirs]))))

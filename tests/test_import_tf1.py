@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobiledet_jax import checkpoints
+from mobiledet_jax import workdir
 from mobiledet_jax import config as config_lib
 from mobiledet_jax.import_tf1 import ImportMismatchError, map_tf1_variables
 from mobiledet_jax.models import build_model, preprocess

@@ -18,7 +18,7 @@ import pytest
 from flax import traverse_util
 from jax import lax
 
-from mobiledet_jax import checkpoints
+from mobiledet_jax import workdir
 from mobiledet_jax.export import qat, tflite_model
 from tests import train_harness as th
 
@@ -106,7 +106,7 @@ def test_int8_export_of_a_qat_checkpoint_uses_its_quant_stats(qat_run, tmp_path)
     ops = report["ops"]["counts"]
     # int8 throughout (qat.check_int8), the sigmoid included; then the post-processing op
     assert ops["LOGISTIC"] == 1 and ops["TFLite_Detection_PostProcess"] == 1
-    assert tflite_model.quantization(out.read_bytes(), "class_scores") is not None
+    assert flatbuffer.quantization(out.read_bytes(), "class_scores") is not None
     assert np.isfinite(report["coco"]["tflite"]["AP"])
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import mobiledet_edgetpu
-from mobiledet_jax import schedules
+from mobiledet_jax.training import schedules
 
 
 def _spec_long(step: int) -> float:

@@ -28,7 +28,7 @@ def _overrides(shared, **extra):
 
 
 def _load(workdir):
-    from mobiledet_jax import checkpoints
+    from mobiledet_jax import workdir
 
     variables, _ = checkpoints.load_model(str(workdir))
     return variables

@@ -29,7 +29,7 @@ def shared(tmp_path_factory):
 def _variables(workdir, step):
     import jax
 
-    from mobiledet_jax import checkpoints
+    from mobiledet_jax import workdir
 
     variables, _ = checkpoints.load_model(str(workdir), step)
     return jax.tree_util.tree_flatten_with_path(variables)[0]

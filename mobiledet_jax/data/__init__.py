@@ -35,21 +35,21 @@ TensorFlow or JAX.
 import importlib
 
 _EXPORTS = {
-    "data_config": "config",
-    "build_train_iterator": "iterators",
-    "build_eval_iterator": "iterators",
-    "TrainIterator": "iterators",
-    "EvalIterable": "iterators",
-    "DatasetInfo": "sources",
-    "open_split": "sources",
-    "DataError": "validate",
-    "Report": "validate",
-    "validate_dataset": "validate",
+    "data_config": "mobiledet_jax.config",
+    "build_train_iterator": f"{__name__}.iterators",
+    "build_eval_iterator": f"{__name__}.iterators",
+    "TrainIterator": f"{__name__}.iterators",
+    "EvalIterable": f"{__name__}.iterators",
+    "DatasetInfo": f"{__name__}.sources",
+    "open_split": f"{__name__}.sources",
+    "DataError": f"{__name__}.validate",
+    "Report": f"{__name__}.validate",
+    "validate_dataset": f"{__name__}.validate",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

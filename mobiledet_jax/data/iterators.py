@@ -20,6 +20,7 @@ import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mobiledet_jax.data import pipeline, sources
+from mobiledet_jax.sharding import DATA_AXIS
 
 try:  # tf.data only needs the host CPU: never let TensorFlow claim accelerator memory.
     tf.config.set_visible_devices([], "GPU")
@@ -165,9 +166,18 @@ def _image_size(image_size) -> tuple:
 
 
 def build_train_iterator(
-    data_config, global_batch_size: int, image_size, mesh, seed: int, *, data_axis="data"
+    data_config,
+    global_batch_size: int,
+    image_size,
+    mesh,
+    seed: int,
+    *,
+    data_axis=DATA_AXIS,
+    pixels: bool = False,
 ) -> TrainIterator:
-    """Training batches of ``data_config`` as global arrays sharded over ``mesh[data_axis]``."""
+    """Training batches of ``data_config`` as global arrays sharded over ``mesh[data_axis]``.
+
+    ``pixels=True``: images as float32 [0, 255] pixels (int8 calibration of an export)."""
     size = _image_size(image_size)
     split = sources.open_split(data_config, "train")
     shard_index, num_shards, local = data_shard(mesh, data_axis, global_batch_size)
@@ -179,6 +189,7 @@ def build_train_iterator(
         image_size=size,
         cfg=data_config,
         seed=seed,
+        pixels=pixels,
     )
     meta = {
         "seed": seed,
@@ -187,14 +198,25 @@ def build_train_iterator(
         "shard": [shard_index, num_shards],
         "data": data_config.to_json(sort_keys=True),
     }
+    if pixels:
+        meta["pixels"] = True
     sharding = NamedSharding(mesh, PartitionSpec(data_axis))
     return TrainIterator(ds, sharding, global_batch_size, split, meta)
 
 
 def build_eval_iterator(
-    data_config, global_batch_size: int, image_size, mesh, *, split="val", data_axis="data"
+    data_config,
+    global_batch_size: int,
+    image_size,
+    mesh,
+    *,
+    split="val",
+    data_axis=DATA_AXIS,
+    pixels: bool = False,
 ) -> EvalIterable:
-    """Evaluation batches (each image once, padded last batch) over ``mesh[data_axis]``."""
+    """Evaluation batches (each image once, padded last batch) over ``mesh[data_axis]``.
+
+    ``pixels=True``: images as float32 [0, 255] pixels (the input an exported file takes)."""
     size = _image_size(image_size)
     source = sources.open_split(data_config, split)
     shard_index, num_shards, local = data_shard(mesh, data_axis, global_batch_size)
@@ -205,6 +227,7 @@ def build_eval_iterator(
         batch_size=local,
         image_size=size,
         cfg=data_config,
+        pixels=pixels,
     )
     sharding = NamedSharding(mesh, PartitionSpec(data_axis))
     return EvalIterable(ds, num_batches, sharding, global_batch_size, source.info)

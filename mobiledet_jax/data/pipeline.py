@@ -15,22 +15,26 @@ import math
 
 import tensorflow as tf
 
+from mobiledet_jax import pixels as pixels_lib
 from mobiledet_jax.data import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
-TRAIN_KEYS = ("image", "gt_boxes", "gt_classes", "gt_mask", "image_id")
-EVAL_KEYS = TRAIN_KEYS + ("gt_is_crowd", "original_size", "example_mask")
 
 
-def resize_and_scale(image: tf.Tensor, size: tuple, half_pixel_centers: bool) -> tf.Tensor:
-    """uint8 [h, w, 3] -> float32 [H, W, 3] in [-1, 1] (bilinear, aspect ratio not kept)."""
+def resize_and_scale(
+    image: tf.Tensor, size: tuple, half_pixel_centers: bool, pixels: bool = False
+) -> tf.Tensor:
+    """uint8 [h, w, 3] -> float32 [H, W, 3] in [-1, 1] (bilinear, aspect ratio not kept).
+
+    ``pixels=True`` stops before the normalization: float32 pixels in [0, 255], the input of an
+    exported file (``mobiledet_jax.pixels`` defines the normalization once)."""
     resized = tf.raw_ops.ResizeBilinear(
         images=image[tf.newaxis],
         size=tf.constant(size, tf.int32),
         align_corners=False,
         half_pixel_centers=half_pixel_centers,
     )[0]
-    return resized * (2.0 / 255.0) - 1.0
+    return resized if pixels else pixels_lib.normalize(resized)
 
 
 def pad_boxes(max_boxes: int, boxes: tf.Tensor, *fields: tf.Tensor) -> tuple:
@@ -42,7 +46,9 @@ def pad_boxes(max_boxes: int, boxes: tf.Tensor, *fields: tf.Tensor) -> tuple:
     return (*out, tf.range(max_boxes) < n)
 
 
-def preprocess_train(example: dict, seed: tf.Tensor, image_size: tuple, cfg) -> dict:
+def preprocess_train(
+    example: dict, seed: tf.Tensor, image_size: tuple, cfg, pixels: bool = False
+) -> dict:
     """One training example (standard dict, see records.py) -> model inputs and padded targets."""
     train = tf.logical_not(example["is_crowd"])
     boxes = tf.boolean_mask(example["boxes"], train)
@@ -59,7 +65,7 @@ def preprocess_train(example: dict, seed: tf.Tensor, image_size: tuple, cfg) -> 
         keep_original_probability=a.keep_original_probability,
     )
     image = augment.decode_crop_flip(example["image/encoded"], aug)
-    image = resize_and_scale(image, image_size, cfg.half_pixel_centers)
+    image = resize_and_scale(image, image_size, cfg.half_pixel_centers, pixels)
     gt_boxes, gt_classes, gt_mask = pad_boxes(
         cfg.max_boxes, aug["boxes"], tf.boolean_mask(classes, aug["keep"])
     )
@@ -72,10 +78,10 @@ def preprocess_train(example: dict, seed: tf.Tensor, image_size: tuple, cfg) -> 
     }
 
 
-def preprocess_eval(example: dict, image_size: tuple, cfg) -> dict:
+def preprocess_eval(example: dict, image_size: tuple, cfg, pixels: bool = False) -> dict:
     """One evaluation example: no augmentation; crowd boxes kept and flagged."""
     image = tf.io.decode_jpeg(example["image/encoded"], channels=3)
-    image = resize_and_scale(image, image_size, cfg.half_pixel_centers)
+    image = resize_and_scale(image, image_size, cfg.half_pixel_centers, pixels)
     gt_boxes, gt_classes, gt_is_crowd, gt_mask = pad_boxes(
         cfg.max_boxes, example["boxes"], example["classes"], example["is_crowd"]
     )
@@ -92,7 +98,15 @@ def preprocess_eval(example: dict, image_size: tuple, cfg) -> dict:
 
 
 def train_dataset(
-    split, *, shard_index: int, num_shards: int, batch_size: int, image_size: tuple, cfg, seed: int
+    split,
+    *,
+    shard_index: int,
+    num_shards: int,
+    batch_size: int,
+    image_size: tuple,
+    cfg,
+    seed: int,
+    pixels: bool = False,
 ) -> tf.data.Dataset:
     """Infinite, shuffled, augmented batches of this data shard (``batch_size`` = local batch)."""
     ds = split.dataset(shard_index, num_shards, training=True, seed=seed)
@@ -101,7 +115,7 @@ def train_dataset(
 
     def fn(index, example):
         seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        return preprocess_train(example, seed, image_size, cfg)
+        return preprocess_train(example, seed, image_size, cfg, pixels)
 
     ds = ds.enumerate().map(fn, num_parallel_calls=_parallel(cfg), deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(cfg.prefetch)
@@ -109,7 +123,14 @@ def train_dataset(
 
 
 def eval_dataset(
-    split, *, shard_index: int, num_shards: int, batch_size: int, image_size: tuple, cfg
+    split,
+    *,
+    shard_index: int,
+    num_shards: int,
+    batch_size: int,
+    image_size: tuple,
+    cfg,
+    pixels: bool = False,
 ) -> tuple[tf.data.Dataset, int]:
     """One pass over this data shard, padded to the same number of batches on every shard.
 
@@ -120,7 +141,7 @@ def eval_dataset(
     mine = counts[shard_index]
     ds = split.dataset(shard_index, num_shards, training=False).take(mine)
     ds = ds.map(
-        lambda ex: preprocess_eval(ex, image_size, cfg),
+        lambda ex: preprocess_eval(ex, image_size, cfg, pixels),
         num_parallel_calls=_parallel(cfg),
         deterministic=True,
     )

@@ -14,8 +14,8 @@ import jax
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
+from mobiledet_jax.config import LABEL_MAPS, SOURCES
 from mobiledet_jax.data import coco_source, records, synthetic, tfds_source, validate
-from mobiledet_jax.data.config import LABEL_MAPS, SOURCES
 
 SPLITS = ("train", "val")
 

@@ -1,25 +1,58 @@
-"""SSD multiple-grid anchors (TF OD API ``ssd_anchor_generator``, SPEC section 4).
+"""SSD multiple-grid anchors (TF OD API ``ssd_anchor_generator``; docs/reference/head_and_anchors.md).
 
 Anchors are normalized ``[ymin, xmin, ymax, xmax]`` boxes, not clipped. Order: map, then row y, then
-column x, then anchor type (fastest), which matches the box predictor's output layout.
+column x, then anchor type (fastest), which matches the box predictor's output layout. The anchor
+types are ``AnchorSettings`` (``config.detection.anchors``); the reference values live in the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-NUM_LAYERS = 6
-MIN_SCALE = 0.2
-MAX_SCALE = 0.95
-ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 0.3333)
-# Layer 0 keeps 3 anchor types (reduce_boxes_in_lowest_layer); the others 5 ratios + 1 interpolated.
-ANCHORS_PER_LOCATION = (3, 6, 6, 6, 6, 6)
+from mobiledet_jax import config as config_lib
+
+NUM_LAYERS = 6  # SSDLite's six feature maps (C4, C5, four extra layers): structural, not a setting
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorSettings:
+    """Anchor types per map (``config.detection.anchors``; ``reference()`` = the published recipe)."""
+
+    min_scale: float
+    max_scale: float
+    aspect_ratios: tuple[float, ...]
+    interpolated_scale_aspect_ratio: float
+    reduce_boxes_in_lowest_layer: bool
+    lowest_layer_boxes: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> AnchorSettings:
+        return cls(
+            min_scale=float(cfg.min_scale),
+            max_scale=float(cfg.max_scale),
+            aspect_ratios=tuple(float(a) for a in cfg.aspect_ratios),
+            interpolated_scale_aspect_ratio=float(cfg.interpolated_scale_aspect_ratio),
+            reduce_boxes_in_lowest_layer=bool(cfg.reduce_boxes_in_lowest_layer),
+            lowest_layer_boxes=tuple((float(s), float(a)) for s, a in cfg.lowest_layer_boxes),
+        )
+
+    @classmethod
+    def reference(cls) -> AnchorSettings:
+        return cls.from_config(config_lib.detection_config().anchors)
+
+
+def anchors_per_location(settings: AnchorSettings | None = None) -> tuple[int, ...]:
+    """Anchor types per location of each map: ``(3, 6, 6, 6, 6, 6)`` for the reference. The box
+    predictor is sized from this, so the head always matches the anchors."""
+    return tuple(len(layer) for layer in layer_box_specs(settings))
 
 
 def _ceil_div(n: int, d: int) -> int:
@@ -44,25 +77,20 @@ def feature_map_sizes(image_height: int, image_width: int) -> tuple[tuple[int, i
     return tuple(sizes)
 
 
-def layer_box_specs(
-    num_layers: int = NUM_LAYERS,
-    min_scale: float = MIN_SCALE,
-    max_scale: float = MAX_SCALE,
-    aspect_ratios: Sequence[float] = ASPECT_RATIOS,
-    interpolated_scale_aspect_ratio: float = 1.0,
-    reduce_boxes_in_lowest_layer: bool = True,
-) -> list[list[tuple[float, float]]]:
+def layer_box_specs(settings: AnchorSettings | None = None) -> list[list[tuple[float, float]]]:
     """Per-layer ``(scale, aspect_ratio)`` anchor types, as ``create_ssd_anchors`` builds them."""
-    scales = [min_scale + (max_scale - min_scale) * i / (num_layers - 1) for i in range(num_layers)]
+    s = settings or AnchorSettings.reference()
+    n = NUM_LAYERS
+    scales = [s.min_scale + (s.max_scale - s.min_scale) * i / (n - 1) for i in range(n)]
     scales.append(1.0)
     specs = []
     for layer, (scale, scale_next) in enumerate(zip(scales[:-1], scales[1:], strict=True)):
-        if layer == 0 and reduce_boxes_in_lowest_layer:
-            specs.append([(0.1, 1.0), (scale, 2.0), (scale, 0.5)])
+        if layer == 0 and s.reduce_boxes_in_lowest_layer:
+            specs.append(list(s.lowest_layer_boxes))
             continue
-        layer_specs = [(scale, ar) for ar in aspect_ratios]
-        if interpolated_scale_aspect_ratio > 0.0:
-            layer_specs.append((math.sqrt(scale * scale_next), interpolated_scale_aspect_ratio))
+        layer_specs = [(scale, ar) for ar in s.aspect_ratios]
+        if s.interpolated_scale_aspect_ratio > 0.0:
+            layer_specs.append((math.sqrt(scale * scale_next), s.interpolated_scale_aspect_ratio))
         specs.append(layer_specs)
     return specs
 
@@ -122,25 +150,42 @@ def multiple_grid_anchors(
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_anchors(image_height: int, image_width: int) -> np.ndarray:
+def _cached_anchors(image_height: int, image_width: int, settings: AnchorSettings) -> np.ndarray:
     anchors = multiple_grid_anchors(
-        feature_map_sizes(image_height, image_width), (image_height, image_width)
+        feature_map_sizes(image_height, image_width),
+        (image_height, image_width),
+        layer_box_specs(settings),
     )
     anchors.setflags(write=False)
     return anchors
 
 
-def anchors_for_image(image_height: int, image_width: int) -> np.ndarray:
-    """SSDLite-MobileDet anchors for an input size: read-only numpy float32 ``[A, 4]`` (cached)."""
-    return _cached_anchors(int(image_height), int(image_width))
+def anchors_for_image(
+    image_height: int, image_width: int, settings: AnchorSettings | None = None
+) -> np.ndarray:
+    """SSDLite-MobileDet anchors for an input size: read-only numpy float32 ``[A, 4]`` (cached).
+
+    ``settings`` default to the reference (``AnchorSettings.reference()``)."""
+    settings = settings or AnchorSettings.reference()
+    return _cached_anchors(int(image_height), int(image_width), settings)
 
 
-def anchors_jnp(image_height: int, image_width: int) -> jax.Array:
+def anchors_jnp(
+    image_height: int, image_width: int, settings: AnchorSettings | None = None
+) -> jax.Array:
     """``anchors_for_image`` as a ``jax.Array`` ``[A, 4]`` (float32, on the default device)."""
-    return jnp.asarray(anchors_for_image(image_height, image_width))
+    return jnp.asarray(anchors_for_image(image_height, image_width, settings))
 
 
-def num_anchors(image_height: int, image_width: int) -> int:
-    """Total anchor count ``A`` for an input size (2034 at 320x320)."""
+def anchors_from_config(
+    anchor_config: ml_collections.ConfigDict, image_height: int, image_width: int
+) -> jax.Array:
+    """The anchors of ``config.detection.anchors`` for an input size, as a ``jax.Array``."""
+    return anchors_jnp(image_height, image_width, AnchorSettings.from_config(anchor_config))
+
+
+def num_anchors(image_height: int, image_width: int, settings: AnchorSettings | None = None) -> int:
+    """Total anchor count ``A`` for an input size (2034 at 320x320 with the reference)."""
     sizes = feature_map_sizes(image_height, image_width)
-    return sum(h * w * a for (h, w), a in zip(sizes, ANCHORS_PER_LOCATION, strict=True))
+    per_location = anchors_per_location(settings)
+    return sum(h * w * a for (h, w), a in zip(sizes, per_location, strict=True))

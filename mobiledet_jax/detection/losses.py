@@ -1,4 +1,4 @@
-"""SSD losses with the TF OD API conventions (SPEC section 4, ``ssd_meta_arch.loss``).
+"""SSD losses with the TF OD API conventions (``ssd_meta_arch.loss``; docs/reference/recipe.md).
 
 - Classification: sigmoid focal loss (alpha 0.75, gamma 2) over all ``C + 1`` slots of every anchor,
   weighted by the target assigner's class weights, summed.
@@ -14,22 +14,40 @@ normalizes by the global match count instead, a small, deliberate difference.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from mobiledet_jax import config as config_lib
 from mobiledet_jax.detection import box_coder
 from mobiledet_jax.detection.target_assigner import Targets
 
-FOCAL_ALPHA = 0.75
-FOCAL_GAMMA = 2.0
-HUBER_DELTA = 1.0
-L2_WEIGHT = 4e-5
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """Loss constants (``config.detection.loss``; ``reference()``: focal alpha 0.75, gamma 2,
+    Huber delta 1, both weights 1)."""
+
+    focal_alpha: float
+    focal_gamma: float
+    huber_delta: float
+    classification_weight: float
+    localization_weight: float
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> LossSettings:
+        return cls(**{f.name: float(cfg[f.name]) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def reference(cls) -> LossSettings:
+        return cls.from_config(config_lib.detection_config().loss)
 
 
 def sigmoid_focal_loss(
-    logits: jax.Array, targets: jax.Array, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA
+    logits: jax.Array, targets: jax.Array, alpha: float, gamma: float
 ) -> jax.Array:
     """Per-entry sigmoid focal loss, ``logits`` and ``targets`` ``[..., K]`` -> ``[..., K]``.
 
@@ -46,9 +64,7 @@ def sigmoid_focal_loss(
     return modulating * alpha_weight * cross_entropy
 
 
-def smooth_l1_loss(
-    predictions: jax.Array, targets: jax.Array, delta: float = HUBER_DELTA
-) -> jax.Array:
+def smooth_l1_loss(predictions: jax.Array, targets: jax.Array, delta: float) -> jax.Array:
     """Huber loss summed over the last (code) axis: ``[..., 4]`` -> ``[...]``."""
     abs_error = jnp.abs(predictions.astype(jnp.float32) - targets)
     quadratic = jnp.minimum(abs_error, delta)
@@ -61,8 +77,7 @@ def detection_loss(
     class_logits: jax.Array,
     targets: Targets,
     example_mask: jax.Array | None = None,
-    classification_weight: float = 1.0,
-    localization_weight: float = 1.0,
+    settings: LossSettings | None = None,
 ) -> dict[str, jax.Array]:
     """SSD loss terms for a batch.
 
@@ -71,25 +86,29 @@ def detection_loss(
       class_logits: ``[B, A, C + 1]`` logits, column 0 = background.
       targets: batched ``Targets`` (``batch_assign_targets``), fields with leading ``[B]``.
       example_mask: optional ``[B]`` bool; False examples (batch padding) contribute nothing.
-      classification_weight, localization_weight: loss weights (1.0 in the reference).
+      settings: focal, Huber and weight constants (default: ``LossSettings.reference()``).
 
     Returns:
       dict of scalars: ``classification_loss``, ``localization_loss``, ``total_loss`` (their sum,
       without L2) and ``num_matches`` (float, before the ``max(., 1)``).
     """
+    s = settings or LossSettings.reference()
     positive = targets.positive.astype(jnp.float32)  # [B, A]
     cls_weights = targets.cls_weights
     if example_mask is not None:
         m = example_mask.astype(jnp.float32)[:, None]
         positive = positive * m
         cls_weights = cls_weights * m
-    focal = sigmoid_focal_loss(class_logits, targets.cls_targets)  # [B, A, C+1]
+    focal = sigmoid_focal_loss(
+        class_logits, targets.cls_targets, s.focal_alpha, s.focal_gamma
+    )  # [B, A, C+1]
     cls_sum = jnp.sum(focal * cls_weights[..., None])
-    loc_sum = jnp.sum(smooth_l1_loss(box_encodings, targets.reg_targets) * positive)
+    huber = smooth_l1_loss(box_encodings, targets.reg_targets, s.huber_delta)
+    loc_sum = jnp.sum(huber * positive)
     num_matches = jnp.sum(positive)
     normalizer = jnp.maximum(num_matches, 1.0)
-    cls_loss = classification_weight * cls_sum / normalizer
-    loc_loss = localization_weight * loc_sum / (normalizer * box_coder.CODE_SIZE)
+    cls_loss = s.classification_weight * cls_sum / normalizer
+    loc_loss = s.localization_weight * loc_sum / (normalizer * box_coder.CODE_SIZE)
     return {
         "classification_loss": cls_loss,
         "localization_loss": loc_loss,
@@ -117,14 +136,14 @@ def is_conv_kernel(names: tuple[str, ...]) -> bool:
 
 def l2_regularization(
     params,
-    weight: float = L2_WEIGHT,
+    weight: float,
     predicate: Callable[[tuple[str, ...]], bool] = is_conv_kernel,
 ) -> jax.Array:
     """slim ``l2_regularizer`` convention: ``weight * 0.5 * sum(w ** 2)`` over selected leaves.
 
     Args:
       params: any pytree of arrays (e.g. Flax ``variables['params']``).
-      weight: 4e-5 in the reference (backbone, extra layers and head alike).
+      weight: ``config.train.l2_weight`` (4e-5 in the reference; backbone, neck and head alike).
       predicate: called with the leaf's key path as strings (``path_names``); True to include.
         The default takes leaves named ``kernel``, so BN scale/bias and conv biases are excluded.
     """

@@ -13,11 +13,40 @@ IoU is 0 with every anchor is still force-matched, to anchor 0, as in TF.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from mobiledet_jax import config as config_lib
 
 UNMATCHED = -1
 IGNORED = -2
+
+
+@dataclasses.dataclass(frozen=True)
+class MatcherSettings:
+    """Argmax matcher thresholds (``config.detection.matcher``; ``reference()``: 0.5 / 0.5, forced
+    match per ground-truth box)."""
+
+    matched_threshold: float
+    unmatched_threshold: float
+    force_match_for_each_row: bool = True
+    negatives_lower_than_unmatched: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> MatcherSettings:
+        return cls(
+            matched_threshold=float(cfg.matched_threshold),
+            unmatched_threshold=float(cfg.unmatched_threshold),
+            force_match_for_each_row=bool(cfg.force_match_for_each_row),
+            negatives_lower_than_unmatched=bool(cfg.negatives_lower_than_unmatched),
+        )
+
+    @classmethod
+    def reference(cls) -> MatcherSettings:
+        return cls.from_config(config_lib.detection_config().matcher)
 
 
 def pairwise_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
@@ -39,27 +68,25 @@ def pairwise_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
 
 
 def argmax_match(
-    similarity: jax.Array,
-    valid_rows: jax.Array,
-    matched_threshold: float = 0.5,
-    unmatched_threshold: float = 0.5,
-    negatives_lower_than_unmatched: bool = True,
-    force_match_for_each_row: bool = True,
+    similarity: jax.Array, valid_rows: jax.Array, settings: MatcherSettings | None = None
 ) -> jax.Array:
     """Match each column (anchor) of ``similarity [N, M]`` to a row (ground truth).
 
     Args:
       similarity: ``[N, M]`` float, e.g. ``pairwise_iou(gt_boxes, anchors)``.
       valid_rows: ``[N]`` bool; padded rows never match.
-      matched_threshold: positive if the column's best similarity is ``>=`` this.
-      unmatched_threshold: negative if below this (``negatives_lower_than_unmatched``); between
-        the two thresholds the column is ignored.
-      negatives_lower_than_unmatched: swap the roles of the two bands when False (TF semantics).
-      force_match_for_each_row: every valid row keeps its best column (see module docstring).
+      settings: ``MatcherSettings`` (default: the reference). A column is positive if its best
+        similarity is ``>= matched_threshold``, negative if below ``unmatched_threshold``
+        (``negatives_lower_than_unmatched``; the roles of the two bands swap when False, TF
+        semantics), ignored in between; with ``force_match_for_each_row`` every valid row keeps
+        its best column (see module docstring).
 
     Returns:
       ``[M]`` int32: matched row, ``UNMATCHED`` (-1) or ``IGNORED`` (-2).
     """
+    s = settings or MatcherSettings.reference()
+    matched_threshold, unmatched_threshold = s.matched_threshold, s.unmatched_threshold
+    negatives_lower_than_unmatched = s.negatives_lower_than_unmatched
     if unmatched_threshold > matched_threshold:
         raise ValueError("unmatched_threshold must be <= matched_threshold")
     if not negatives_lower_than_unmatched and unmatched_threshold == matched_threshold:
@@ -79,7 +106,7 @@ def argmax_match(
     )
     matches = jnp.where(below, low_value, matches)
     matches = jnp.where(between, mid_value, matches)
-    if force_match_for_each_row:
+    if s.force_match_for_each_row:
         best_column = jnp.argmax(similarity, axis=1)  # [N], first column among ties
         indicators = jax.nn.one_hot(best_column, similarity.shape[1], dtype=jnp.int32)
         indicators = indicators * valid_rows[:, None].astype(jnp.int32)  # [N, M]

@@ -28,20 +28,50 @@ the ``cond`` becomes a ``select`` and every path runs: call this batched functio
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax import lax
 
+from mobiledet_jax import config as config_lib
 from mobiledet_jax.detection import box_coder
 
-SCORE_THRESHOLD = 1e-8
-IOU_THRESHOLD = 0.6
-MAX_PER_CLASS = 100
-MAX_TOTAL = 100
-CANDIDATES_PER_CLASS = (128, 512)
 _NMS_EPSILON = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class NmsSettings:
+    """NMS parameters (``config.detection.nms``; ``reference()``: 1e-8, 0.6, 100, 100).
+
+    ``candidates_per_class``: increasing top-K pre-selection sizes; the whole batch runs with the
+    first, and only the images whose result is not provably exact are redone, one by one, with the
+    next sizes and finally with all anchors. ``None`` (or empty) always uses every anchor. This
+    never changes the result, only the speed.
+    """
+
+    score_threshold: float
+    iou_threshold: float
+    max_per_class: int
+    max_total: int
+    candidates_per_class: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> NmsSettings:
+        k = cfg.candidates_per_class
+        return cls(
+            score_threshold=float(cfg.score_threshold),
+            iou_threshold=float(cfg.iou_threshold),
+            max_per_class=int(cfg.max_per_class),
+            max_total=int(cfg.max_total),
+            candidates_per_class=tuple(int(x) for x in k) if k else None,
+        )
+
+    @classmethod
+    def reference(cls) -> NmsSettings:
+        return cls.from_config(config_lib.detection_config().nms)
 
 
 class Detections(NamedTuple):
@@ -212,35 +242,24 @@ def _solve_image(boxes, scores_ca, tiers, args) -> Detections:
 
 
 def batched_multiclass_nms(
-    boxes: jax.Array,
-    scores: jax.Array,
-    score_threshold: float = SCORE_THRESHOLD,
-    iou_threshold: float = IOU_THRESHOLD,
-    max_per_class: int = MAX_PER_CLASS,
-    max_total: int = MAX_TOTAL,
-    candidates_per_class: tuple[int, ...] | int | None = CANDIDATES_PER_CLASS,
+    boxes: jax.Array, scores: jax.Array, nms: NmsSettings | None = None
 ) -> Detections:
     """Per-class NMS for a batch (see the module docstring for the exact semantics).
 
     Args:
       boxes: ``[B, A, 4]`` normalized ``[ymin, xmin, ymax, xmax]``, not clipped (shared by classes).
       scores: ``[B, A, C]`` foreground scores (background already dropped).
-      score_threshold, iou_threshold, max_per_class, max_total: NMS parameters (reference values
-        1e-8, 0.6, 100, 100).
-      candidates_per_class: increasing top-K pre-selection sizes; the whole batch runs with the
-        first, and only the images whose result is not provably exact are redone, one by one,
-        with the next sizes and finally with all anchors. ``None`` always uses every anchor.
-        This never changes the result, only the speed.
+      nms: the parameters (default: ``NmsSettings.reference()``).
 
     Returns:
-      ``Detections`` with ``D = max_total``.
+      ``Detections`` with ``D = nms.max_total``.
     """
+    nms = nms or NmsSettings.reference()
+    candidates_per_class = nms.candidates_per_class
     boxes = boxes.astype(jnp.float32)
     scores_ca = jnp.swapaxes(scores.astype(jnp.float32), 1, 2)  # [B, C, A]
     num_anchors = scores_ca.shape[-1]
-    args = (score_threshold, iou_threshold, max_per_class, max_total)
-    if isinstance(candidates_per_class, int):
-        candidates_per_class = (candidates_per_class,)
+    args = (nms.score_threshold, nms.iou_threshold, nms.max_per_class, nms.max_total)
     tiers = tuple(int(k) for k in (candidates_per_class or ()) if k < num_anchors)
     if not tiers:
         return _nms_full(boxes, scores_ca, *args)
@@ -260,11 +279,7 @@ def postprocess(
     box_encodings: jax.Array,
     class_logits: jax.Array,
     anchors: jax.Array,
-    score_threshold: float = SCORE_THRESHOLD,
-    iou_threshold: float = IOU_THRESHOLD,
-    max_per_class: int = MAX_PER_CLASS,
-    max_total: int = MAX_TOTAL,
-    candidates_per_class: tuple[int, ...] | int | None = CANDIDATES_PER_CLASS,
+    nms: NmsSettings | None = None,
 ) -> Detections:
     """Raw SSD outputs to detections.
 
@@ -272,7 +287,7 @@ def postprocess(
       box_encodings: ``[B, A, 4]`` (ty, tx, th, tw).
       class_logits: ``[B, A, C + 1]`` logits, column 0 = background.
       anchors: ``[A, 4]`` normalized ``[ymin, xmin, ymax, xmax]``.
-      Other arguments: see ``batched_multiclass_nms``.
+      nms: see ``batched_multiclass_nms`` (default: the reference settings).
 
     Returns:
       ``Detections``: boxes ``[B, D, 4]`` clipped to [0, 1], scores ``[B, D]``, classes ``[B, D]``
@@ -280,7 +295,4 @@ def postprocess(
     """
     boxes = box_coder.decode(box_encodings.astype(jnp.float32), jnp.asarray(anchors)[None])
     scores = jax.nn.sigmoid(class_logits.astype(jnp.float32))[..., 1:]
-    return batched_multiclass_nms(
-        boxes, scores, score_threshold, iou_threshold, max_per_class, max_total,
-        candidates_per_class,
-    )  # fmt: skip
+    return batched_multiclass_nms(boxes, scores, nms)

@@ -1,6 +1,7 @@
 """SSD target assignment on padded ground truth (TF OD API ``target_assigner`` for SSD).
 
-IoU similarity, argmax matching (thresholds 0.5/0.5, force match per ground-truth box), then:
+IoU similarity, argmax matching (``matcher.MatcherSettings``; the reference: thresholds 0.5/0.5,
+force match per ground-truth box), then:
 
 - class targets ``[A, C + 1]``: one-hot at ``class + 1`` for a positive anchor, all zeros for an
   unmatched or ignored one (``encode_background_as_zeros``; the background slot is always 0);
@@ -39,8 +40,7 @@ def assign_targets(
     gt_classes: jax.Array,
     gt_mask: jax.Array,
     num_classes: int,
-    matched_threshold: float = 0.5,
-    unmatched_threshold: float = 0.5,
+    matcher_settings: matcher.MatcherSettings | None = None,
 ) -> Targets:
     """Targets for one image.
 
@@ -50,7 +50,7 @@ def assign_targets(
       gt_classes: ``[N]`` int, 0-based foreground class ids.
       gt_mask: ``[N]`` bool, True for real boxes.
       num_classes: foreground classes ``C`` (90 for COCO); targets have ``C + 1`` slots.
-      matched_threshold, unmatched_threshold: argmax matcher thresholds.
+      matcher_settings: the argmax matcher's (default: the reference).
 
     Returns:
       ``Targets`` with the shapes listed on the class.
@@ -59,10 +59,7 @@ def assign_targets(
     gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
     gt_mask = jnp.asarray(gt_mask, bool)
     similarity = matcher.pairwise_iou(gt_boxes, anchors)  # [N, A]
-    matches = matcher.argmax_match(
-        similarity, gt_mask, matched_threshold=matched_threshold,
-        unmatched_threshold=unmatched_threshold,
-    )  # fmt: skip
+    matches = matcher.argmax_match(similarity, gt_mask, matcher_settings)
     positive = matches >= 0
     row = jnp.maximum(matches, 0)
 
@@ -90,12 +87,9 @@ def batch_assign_targets(
     gt_classes: jax.Array,
     gt_mask: jax.Array,
     num_classes: int,
-    matched_threshold: float = 0.5,
-    unmatched_threshold: float = 0.5,
+    matcher_settings: matcher.MatcherSettings | None = None,
 ) -> Targets:
     """``assign_targets`` over a batch: ``gt_boxes [B, N, 4]``, ``gt_classes [B, N]``,
     ``gt_mask [B, N]``, shared ``anchors [A, 4]``; every ``Targets`` field gains a leading ``B``."""
-    fn = lambda b, c, m: assign_targets(
-        anchors, b, c, m, num_classes, matched_threshold, unmatched_threshold
-    )
+    fn = lambda b, c, m: assign_targets(anchors, b, c, m, num_classes, matcher_settings)
     return jax.vmap(fn)(gt_boxes, gt_classes, gt_mask)

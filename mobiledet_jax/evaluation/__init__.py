@@ -1,5 +1,6 @@
-"""Evaluation metrics (host side, numpy): COCO box AP/AR through pycocotools."""
+"""Evaluation: the COCO metric (``coco_metric``, pycocotools), the JAX evaluator built once per run
+(``evaluator``) and the scoring of exported TFLite files (``tflite_eval``)."""
 
-from mobiledet_jax.evaluation.coco import METRIC_NAMES, CocoEvaluator, coco90_category_ids
+from mobiledet_jax.evaluation.coco_metric import METRIC_NAMES, CocoEvaluator, coco90_category_ids
 
 __all__ = ["METRIC_NAMES", "CocoEvaluator", "coco90_category_ids"]

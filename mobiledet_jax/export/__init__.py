@@ -1,8 +1,9 @@
-"""Checkpoint -> TFLite export: conversion, post-processing op, metadata, preflight, report.
+"""Checkpoint -> TFLite export: conversion, QAT conversion, post-processing op, metadata, delegate
+rules, report.
 
-Modules: ``convert`` (jax2tf -> SavedModel -> TFLite, float32/float16/int8), ``postprocess_op``
-(``TFLite_Detection_PostProcess``), ``metadata`` (labels and normalization), ``preflight``
-(EdgeTPU / DSP op tables), ``tflite_predict`` (running a file), ``report``, ``pipeline`` (the
-command's library), ``tflite_model`` (flatbuffer helpers). Command: ``python -m
-mobiledet_jax.export``; see ``__main__``.
+Modules: ``convert`` (jax2tf -> SavedModel -> TFLite, float32/float16/int8), ``qat_convert`` (the
+int8 file of a QAT model), ``postprocess_op`` (``TFLite_Detection_PostProcess``), ``metadata``
+(labels and normalization), ``delegate_rules`` (what the EdgeTPU / Hexagon DSP delegates accept),
+``report``, ``exporter`` (the command's library). Reading and running files is ``tflite/``.
+Command: ``python -m mobiledet_jax.export``; see ``__main__``.
 """

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 import jax
 import numpy as np
 
-from mobiledet_jax.export import tflite_model
 from mobiledet_jax.models import preprocess
+from mobiledet_jax.tflite import flatbuffer
 
 FORMATS = ("float32", "float16", "int8")
 INPUT_NAME = "images"
@@ -194,7 +194,7 @@ def convert(
 
 def name_io(tflite: bytes, output_names) -> bytes:
     """Tensor names = signature names: ``images`` in, ``output_names`` out (in that order)."""
-    m = tflite_model.read(tflite)
+    m = flatbuffer.read(tflite)
     sig = m.signatureDefs[0] if m.signatureDefs else None
     if sig is not None:
         by_key = {
@@ -203,8 +203,8 @@ def name_io(tflite: bytes, output_names) -> bytes:
         }
         if set(by_key) == set(output_names):
             m.subgraphs[0].outputs = [by_key[n] for n in output_names]
-    tflite_model.set_io_names(m, [INPUT_NAME], list(output_names))
-    return tflite_model.write(m)
+    flatbuffer.set_io_names(m, [INPUT_NAME], list(output_names))
+    return flatbuffer.write(m)
 
 
 def check_fused(tflite: bytes, expected_convs: int | None = None) -> dict:
@@ -214,7 +214,7 @@ def check_fused(tflite: bytes, expected_convs: int | None = None) -> dict:
     residue (a MUL/ADD fed directly by a conv output that is not a residual), or when the number of
     conv ops differs from ``expected_convs`` (one per conv of the Flax model).
     """
-    ops = tflite_model.list_ops(tflite)
+    ops = flatbuffer.list_ops(tflite)
     bad = [op.name for op in ops if op.name.startswith(("STABLEHLO", "Flex")) or op.name in
            ("TRANSPOSE", "PAD", "PADV2", "CUSTOM") or op.name.startswith("Xla")]  # fmt: skip
     if bad:
@@ -224,8 +224,8 @@ def check_fused(tflite: bytes, expected_convs: int | None = None) -> dict:
         raise ConversionError(f"{len(convs)} conv ops, expected {expected_convs} (BN not folded?)")
     return {
         "convs": len(convs),
-        "conv_activations": tflite_model.fused_counts(tflite),
-        "ops": tflite_model.op_counts(tflite),
+        "conv_activations": flatbuffer.fused_counts(tflite),
+        "ops": flatbuffer.op_counts(tflite),
     }
 
 

@@ -34,12 +34,11 @@ from collections.abc import Sequence
 
 import flatbuffers
 
-from mobiledet_jax.export import tflite_model
+from mobiledet_jax.pixels import NORM_MEAN, NORM_STD
+from mobiledet_jax.tflite import flatbuffer
 
 METADATA_NAME = "TFLITE_METADATA"
 LABEL_FILE = "labelmap.txt"
-NORM_MEAN = 127.5
-NORM_STD = 127.5
 # Oldest parser that reads what we write: output tensor groups (1.2.0); no newer feature is used.
 MIN_PARSER_VERSION = "1.2.0"
 
@@ -176,7 +175,7 @@ def attach(tflite: bytes, metadata: bytes, labels: str) -> bytes:
     """Stores ``metadata`` as ``TFLITE_METADATA`` and appends ``labelmap.txt`` as a zip."""
     from ai_edge_litert import schema_py_generated as fb
 
-    model = tflite_model.read(_strip_zip(tflite))
+    model = flatbuffer.read(_strip_zip(tflite))
     buf = fb.BufferT()
     import numpy as np
 
@@ -187,7 +186,7 @@ def attach(tflite: bytes, metadata: bytes, labels: str) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if _name(m) != METADATA_NAME] + [entry]
     out = io.BytesIO()
-    out.write(tflite_model.write(model))
+    out.write(flatbuffer.write(model))
     with zipfile.ZipFile(out, "a") as zf:
         zf.writestr(LABEL_FILE, labels)
     return out.getvalue()
@@ -200,15 +199,15 @@ def _name(m) -> str:
 def _strip_zip(tflite: bytes) -> bytes:
     """The flatbuffer part of a file that may already carry an appended zip."""
     if zipfile.is_zipfile(io.BytesIO(tflite)):
-        model = tflite_model.read(tflite)
-        return tflite_model.write(model)
+        model = flatbuffer.read(tflite)
+        return flatbuffer.write(model)
     return tflite
 
 
 def read(tflite: bytes) -> tuple[object, dict[str, str]]:
     """``(ModelMetadataT, {associated file name: text})`` of a file written by ``attach``."""
     s = schema()
-    model = tflite_model.read(tflite)
+    model = flatbuffer.read(tflite)
     entry = next((m for m in model.metadata or [] if _name(m) == METADATA_NAME), None)
     if entry is None:
         raise ValueError("the model has no TFLITE_METADATA")

@@ -2,7 +2,7 @@
 
 Why a flatbuffer edit and not a TF graph: in a TF graph that also holds the jax2tf
 ``XlaCallModule``, the TF OD API trick (a dummy ``tf.function`` with ``experimental_implements``)
-is inlined and constant-folded away (EXPORT_NOTES, gotcha 2). The op needs no TF at all: it is a
+is inlined and constant-folded away (docs/reference/export_findings.md). The op needs no TF at all: it is a
 CUSTOM operator whose options are a flexbuffer map, fed by the backbone's two outputs and a constant
 anchor tensor. This module writes exactly that and rewires the graph outputs to the op's four
 outputs, in the order the op defines them (and that Coral, Android, Frigate and MediaPipe read):
@@ -11,10 +11,10 @@ outputs, in the order the op defines them (and that Coral, Android, Frigate and 
   ``detection_classes [1, D]`` (0-based class index as float), ``detection_scores [1, D]``,
   ``num_detections [1]``.
 
-NMS settings (SPEC section 4): score threshold 1e-8, IoU 0.6, at most 100 per class and 100 in
+NMS settings (``config.detection.nms``; the reference): score threshold 1e-8, IoU 0.6, at most 100 per class and 100 in
 total. ``use_regular_nms=True`` is the default: it is the op's per-class NMS (each class
 separately, ``detections_per_class`` each, then the best ``max_detections`` over classes), which is
-what the SPEC and our JAX ``detection.postprocess`` do. ``use_regular_nms=False`` is the op's
+what the reference and our JAX ``detection.postprocess`` do. ``use_regular_nms=False`` is the op's
 "fast" mode (the TF OD API exporter default): one class-agnostic NMS over anchors ranked by their
 best class, ``max_classes_per_detection`` labels per kept box. It is much cheaper on a phone CPU
 but gives different (fewer, class-agnostic) detections; choose it with ``--fast_nms``.
@@ -34,7 +34,7 @@ from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
 
 from mobiledet_jax.detection import box_coder, postprocess
-from mobiledet_jax.export import tflite_model
+from mobiledet_jax.tflite import flatbuffer
 
 OP_NAME = "TFLite_Detection_PostProcess"
 OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
@@ -43,12 +43,28 @@ INPUT_NAMES = ("box_encodings", "class_scores")
 
 @dataclasses.dataclass(frozen=True)
 class NmsConfig:
-    score_threshold: float = postprocess.SCORE_THRESHOLD
-    iou_threshold: float = postprocess.IOU_THRESHOLD
-    max_detections: int = postprocess.MAX_TOTAL
-    detections_per_class: int = postprocess.MAX_PER_CLASS
+    """The op's NMS options; ``from_settings`` takes them from ``config.detection.nms``."""
+
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+    detections_per_class: int
     use_regular_nms: bool = True
     max_classes_per_detection: int = 1  # fast NMS only
+
+    @classmethod
+    def from_settings(
+        cls, nms: postprocess.NmsSettings | None = None, use_regular_nms: bool = True
+    ) -> NmsConfig:
+        """The op options equal to our NMS settings (default: the reference)."""
+        nms = nms or postprocess.NmsSettings.reference()
+        return cls(
+            score_threshold=nms.score_threshold,
+            iou_threshold=nms.iou_threshold,
+            max_detections=nms.max_total,
+            detections_per_class=nms.max_per_class,
+            use_regular_nms=use_regular_nms,
+        )
 
 
 def center_size_anchors(anchors: np.ndarray) -> np.ndarray:
@@ -139,8 +155,8 @@ def append_postprocess(
       anchors: ``[A, 4]`` normalized (ymin, xmin, ymax, xmax), in the model's output order.
       num_classes: foreground classes C (the scores have C + 1 columns, background first).
     """
-    nms = nms or NmsConfig()
-    model = tflite_model.read(tflite)
+    nms = nms or NmsConfig.from_settings()
+    model = flatbuffer.read(tflite)
     sg = model.subgraphs[0]
     outputs = {sg.tensors[i].name.decode(): int(i) for i in sg.outputs}
     if set(outputs) != set(INPUT_NAMES):
@@ -185,5 +201,5 @@ def append_postprocess(
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
     sg.operators.append(op)
     sg.outputs = outs
-    tflite_model.set_io_names(model, [tflite_model.read_input_name(model)], list(OUTPUT_NAMES))
-    return tflite_model.write(model)
+    flatbuffer.set_io_names(model, [flatbuffer.read_input_name(model)], list(OUTPUT_NAMES))
+    return flatbuffer.write(model)

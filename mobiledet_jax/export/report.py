@@ -7,11 +7,17 @@ raw outputs against JAX, COCO mAP of the TFLite model vs the JAX model, latency.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import pathlib
+import platform
 from typing import Any
 
+import jax
 import numpy as np
+
+from mobiledet_jax.tflite import flatbuffer
 
 
 def parity_stats(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -27,6 +33,98 @@ def parity_stats(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "max_abs_ref": float(np.max(np.abs(ref))),
         "relative": float(diff.max() / scale),
     }
+
+
+def assemble(
+    *,
+    model_config,
+    image_size: tuple[int, int],
+    variables,
+    meta: dict,
+    opts,
+    fmt: str,
+    quantization: str | None,
+    nms: dict | None,
+    final: bytes,
+    out: pathlib.Path,
+    fused: dict,
+    preflight: dict | None,
+    parity: dict,
+    coco: dict | None,
+    latency: dict | None,
+    timing: dict,
+) -> dict[str, Any]:
+    """The report of one export as a JSON-able dict (``write`` stores it)."""
+    inputs, outputs = flatbuffer.io_tensors(final)
+    anchors_file = out.with_name(out.name + ".anchors.npy") if opts.outputs == "raw" else None
+    if latency is not None:
+        latency = {
+            **latency,
+            "runs": opts.latency_runs,
+            "warmup": 5,
+            "threads": 1,
+            "xnnpack": True,
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        }
+    weights = jax.tree.leaves([variables["params"], variables["batch_stats"]])
+    return {
+        "model": {
+            "name": model_config.name,
+            "num_classes": int(model_config.num_classes),
+            "image_size": list(image_size),
+            "checkpoint_step": meta.get("step"),
+            "source": meta.get("source", ""),
+            "num_params": int(sum(np.size(x) for x in weights)),
+        },
+        "export": {
+            "file": str(out),
+            "target": opts.target,
+            "format": fmt,
+            "quantization": quantization,  # int8: "ptq" or "qat" (the checkpoint's quant_stats)
+            "outputs": opts.outputs,
+            "nms": nms,
+            "size_bytes": len(final),
+            "input": _tensor_dict(inputs[0], flatbuffer.quantization(final, inputs[0].name)),
+            "output_tensors": [_tensor_dict(t) for t in outputs],
+            "anchors_file": str(anchors_file) if anchors_file else None,
+        },
+        "ops": {
+            "counts": flatbuffer.op_counts(final),
+            "fused": fused["conv_activations"],
+            "total": len(flatbuffer.list_ops(final)),
+            "convs": fused["convs"],
+        },
+        "preflight": preflight,
+        "parity": {
+            "images": parity["images"],
+            "source": opts.eval_split,
+            "outputs": parity["outputs"],
+            "note": "outputs before post-processing; class_scores = sigmoid(class_logits)"
+            if parity["head"] == "scores"
+            else "",
+        },
+        "coco": coco,
+        "latency": latency,
+        "timing": timing,
+        "versions": _versions(),
+    }
+
+
+def _tensor_dict(t, quant=None) -> dict:
+    d = {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+    if quant is not None:
+        d["quantization"] = {"scale": float(quant[0][0]), "zero_point": int(quant[1][0])}
+    return d
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("jax", "tensorflow-cpu", "ai-edge-litert"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def paths(output: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

@@ -1,55 +1,22 @@
-"""Model zoo: MobileDet backbones, MobileNet baselines, the SSDLite neck and head."""
+"""Model zoo: MobileDet backbones, MobileNet baselines, the SSDLite neck and head.
 
-import jax.numpy as jnp
-import ml_collections
+``build_model(config.model)`` (``factory``) is the one way the project builds a detector; the
+architectures are data (``specs``, ``baselines``), with one implementation per block type
+(``blocks``). ``qat`` is the fake-quantized (QAT) version of any of them.
+"""
 
-from mobiledet_jax.models import specs
 from mobiledet_jax.models.backbone import Backbone, endpoint_widths, resolve_blocks
-from mobiledet_jax.models.ssdlite import ANCHORS_PER_LOCATION, SSDLite, preprocess
+from mobiledet_jax.models.factory import COMPUTE_DTYPES, backbone_spec, build_model, input_size
+from mobiledet_jax.models.ssdlite import SSDLite, preprocess
 
 __all__ = [
-    "ANCHORS_PER_LOCATION",
+    "COMPUTE_DTYPES",
     "Backbone",
     "SSDLite",
     "backbone_spec",
     "build_model",
     "endpoint_widths",
+    "input_size",
     "preprocess",
     "resolve_blocks",
 ]
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def backbone_spec(name: str, dsp_block20_residual: bool = True) -> specs.BackboneSpec:
-    """The table of a model name from ``mobiledet_jax.config.MODEL_NAMES``."""
-    from mobiledet_jax.models import baselines  # the MobileNet tables
-
-    table = {**specs.MOBILEDETS, **baselines.BASELINES}
-    if name not in table:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(table)}")
-    spec = table[name]
-    if name == "mobiledet_dsp" and not dsp_block20_residual:
-        spec = specs.dsp_tf2_variant(spec)
-    return spec
-
-
-def build_model(model_config: ml_collections.ConfigDict) -> SSDLite:
-    """The SSDLite detector described by ``config.model``."""
-    if model_config.compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(
-            f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {model_config.compute_dtype!r}"
-        )
-    return SSDLite(
-        backbone_spec=backbone_spec(model_config.name, model_config.dsp_block20_residual),
-        num_classes=model_config.num_classes,
-        width_multiplier=model_config.width_multiplier,
-        dtype=COMPUTE_DTYPES[model_config.compute_dtype],
-    )
-
-
-def input_size(model_config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(height, width) of the model input."""
-    h = model_config.image_height if model_config.image_height > 0 else model_config.image_size
-    w = model_config.image_width if model_config.image_width > 0 else model_config.image_size
-    return int(h), int(w)

@@ -1,4 +1,4 @@
-"""SSDLite neck (four extra layers) and box predictor, and the whole detector (SPEC section 3).
+"""SSDLite neck (four extra layers) and box predictor, and the whole detector (docs/reference/head_and_anchors.md).
 
 Outputs, for a batch of preprocessed images ``[B, H, W, 3]`` in [-1, 1]:
   - ``box_encodings`` ``[B, A, 4]``: (ty, tx, th, tw) Faster R-CNN codes, in the reference anchor order
@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mobiledet_jax import pixels
+from mobiledet_jax.detection.anchors import anchors_per_location as reference_anchors_per_location
 from mobiledet_jax.models import specs
 from mobiledet_jax.models.backbone import Backbone
 from mobiledet_jax.models.layers import HEAD_NORM, ConvBias, ConvBN, truncated_normal
@@ -21,14 +23,13 @@ from mobiledet_jax.models.layers import HEAD_NORM, ConvBias, ConvBN, truncated_n
 Array = jax.Array
 
 EXTRA_LAYER_DEPTHS = (512, 256, 256, 128)  # layer_depth of maps 3..6
-ANCHORS_PER_LOCATION = (3, 6, 6, 6, 6, 6)  # reduce_boxes_in_lowest_layer, then 5 ratios + 1
 MIN_DEPTH = 16
 HEAD_STDDEV = 0.03
 
 
 def preprocess(images: Array) -> Array:
-    """Pixels in [0, 255] (uint8 or float) to [-1, 1] as ``float32(2/255) * x - 1`` (SPEC 1)."""
-    return jnp.float32(2.0 / 255.0) * images.astype(jnp.float32) - 1.0
+    """Pixels in [0, 255] (uint8 or float) to [-1, 1] (``mobiledet_jax.pixels.normalize``)."""
+    return pixels.normalize(jnp.asarray(images).astype(jnp.float32))
 
 
 def extra_layer_names(prefix: str, width_multiplier: float = 1.0) -> list[tuple[str, str, str]]:
@@ -100,7 +101,7 @@ class SSDLiteHead(nn.Module):
     """Separate BoxPredictor_i per map; predictions concatenated in map order."""
 
     num_classes: int
-    anchors_per_location: Sequence[int] = ANCHORS_PER_LOCATION
+    anchors_per_location: Sequence[int]
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -124,6 +125,9 @@ class SSDLite(nn.Module):
     num_classes: int = 90
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
+    # anchor types per location of each map (``detection.anchors.anchors_per_location``); None:
+    # the reference anchors'
+    anchors_per_location: tuple[int, ...] | None = None
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> dict[str, Any]:
@@ -138,7 +142,10 @@ class SSDLite(nn.Module):
             self.backbone_spec.extra_layer_prefix, self.width_multiplier, self.dtype, name="neck"
         )(endpoints[src2], train)
         maps = [endpoints[src1], endpoints[src2], *extra]
-        boxes, logits = SSDLiteHead(self.num_classes, dtype=self.dtype, name="head")(maps, train)
+        per_location = self.anchors_per_location or reference_anchors_per_location()
+        boxes, logits = SSDLiteHead(self.num_classes, per_location, self.dtype, name="head")(
+            maps, train
+        )
         return {
             "box_encodings": boxes.astype(jnp.float32),
             "class_logits": logits.astype(jnp.float32),

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mobiledet_jax.export import tflite_model
 from mobiledet_jax.export.postprocess_op import OP_NAME as POSTPROCESS_OP
+from mobiledet_jax.tflite import flatbuffer
 
 TARGETS = ("edgetpu", "dsp")
 _8BIT = ("INT8", "UINT8")
@@ -153,7 +153,7 @@ def _summary(result: PreflightResult) -> str:
     return f"{len(result.failing)} model op(s) would run on the CPU ({', '.join(names)})"
 
 
-def _postprocess_ops(ops: list[tflite_model.OpInfo]) -> set[int]:
+def _postprocess_ops(ops: list[flatbuffer.OpInfo]) -> set[int]:
     post = {op.index for op in ops if op.name == POSTPROCESS_OP}
     feeds = {t.index for op in ops if op.index in post for t in op.inputs if t is not None}
     post |= {
@@ -162,17 +162,17 @@ def _postprocess_ops(ops: list[tflite_model.OpInfo]) -> set[int]:
     return post
 
 
-def _tensors(op: tflite_model.OpInfo):
+def _tensors(op: flatbuffer.OpInfo):
     return [t for t in (*op.inputs, *op.outputs) if t is not None]
 
 
-def check_edgetpu_op(op: tflite_model.OpInfo, runtime_version: int = 14) -> tuple[str, str]:
+def check_edgetpu_op(op: flatbuffer.OpInfo, runtime_version: int = 14) -> tuple[str, str]:
     """``("", "")`` if the op maps to the EdgeTPU, else ``(reason, detail)``."""
     reason = _edgetpu_reason(op, runtime_version)
     return reason if isinstance(reason, tuple) else (reason, "")
 
 
-def _edgetpu_reason(op: tflite_model.OpInfo, runtime_version: int) -> str | tuple[str, str]:
+def _edgetpu_reason(op: flatbuffer.OpInfo, runtime_version: int) -> str | tuple[str, str]:
     if op.is_custom:
         return "custom op"
     if op.name not in EDGETPU_OPS:
@@ -204,13 +204,13 @@ def _edgetpu_reason(op: tflite_model.OpInfo, runtime_version: int) -> str | tupl
     return ""
 
 
-def check_dsp_op(op: tflite_model.OpInfo) -> tuple[str, str]:
+def check_dsp_op(op: flatbuffer.OpInfo) -> tuple[str, str]:
     """``("", "")`` if the Hexagon delegate takes the op, else ``(reason, detail)``."""
     reason = _dsp_reason(op)
     return reason if isinstance(reason, tuple) else (reason, "")
 
 
-def _dsp_reason(op: tflite_model.OpInfo) -> str | tuple[str, str]:
+def _dsp_reason(op: flatbuffer.OpInfo) -> str | tuple[str, str]:
     if op.is_custom:
         return "custom op"
     if op.name not in DSP_OPS:
@@ -249,10 +249,10 @@ def check(tflite: bytes, target: str, runtime_version: int = 14) -> PreflightRes
     """Checks every op of subgraph 0 for ``target`` ("edgetpu" or "dsp")."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    model = tflite_model.read(tflite)
+    model = flatbuffer.read(tflite)
     if len(model.subgraphs) != 1:
         raise ValueError(f"{len(model.subgraphs)} subgraphs; the EdgeTPU and DSP need exactly one")
-    ops = tflite_model.list_ops(model)
+    ops = flatbuffer.list_ops(model)
     post = _postprocess_ops(ops)
     checks = []
     for op in ops:

@@ -1,19 +1,21 @@
-"""Model checkpoints in a workdir (orbax): the format that import, training, evaluation and export share.
+"""The workdir format that import, training, evaluation and export share (orbax checkpoints).
 
 Layout::
 
+    <workdir>/config.json                the resolved config of the training run
     <workdir>/checkpoints/<step>/model   {'params': ..., 'batch_stats': ...}  (orbax StandardSave)
     <workdir>/checkpoints/<step>/meta    JSON: {'model': <config.model as a dict>, 'source': ...}
 
-Training adds its own items (optimizer state, input position) beside ``model`` in the same step
-folders; everything that only needs the network restores the ``model`` and ``meta`` items.
-Paths may be local or any file system orbax supports (e.g. ``gs://``).
+Training adds its own items (optimizer state, input position; ``training.checkpointing``) beside
+``model`` in the same step folders; everything that only needs the network restores the ``model``
+and ``meta`` items. Paths may be local or any file system orbax supports (e.g. ``gs://``).
 """
 
+import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -22,6 +24,15 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+class LoadedModel(NamedTuple):
+    """What ``load_model`` restored: numpy variables, the checkpoint's meta, and its step."""
+
+    variables: dict[str, Any]
+    meta: dict[str, Any]
+    step: int
 
 
 def workdir_path(workdir: str | os.PathLike) -> epath.Path:
@@ -86,8 +97,8 @@ def _local_target(item_dir) -> Any:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
 
-def load_model(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restores ``(variables, meta)`` of ``step`` (default: the latest) as numpy arrays.
+def load_model(workdir: str, step: int | None = None) -> LoadedModel:
+    """Restores ``(variables, meta, step)`` of ``step`` (default: the latest) as numpy arrays.
 
     Raises FileNotFoundError with the folder searched when there is no checkpoint.
     """
@@ -110,9 +121,43 @@ def load_model(workdir: str, step: int | None = None) -> tuple[dict[str, Any], d
             ),
         )
     variables = jax.tree.map(np.asarray, dict(restored["model"]))
-    return variables, dict(restored["meta"])
+    return LoadedModel(variables, dict(restored["meta"]), int(step))
 
 
 def model_config_from_meta(meta: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """The ``config.model`` a checkpoint was written with."""
     return ml_collections.ConfigDict(dict(meta["model"]))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """``<workdir>/config.json``: the resolved config (process 0 writes it)."""
+    if jax.process_index() == 0:
+        (workdir_path(workdir) / CONFIG_FILE).write_text(config.to_json(indent=1, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict | None:
+    """The config a training run saved in ``<workdir>/config.json`` (on top of today's defaults, so
+    fields added since then keep their defaults), or None when there is none."""
+    from mobiledet_jax import config as config_lib
+
+    path = workdir_path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return None
+    base = config_lib.base_config()
+    base.update_from_flattened_dict(_flatten(json.loads(path.read_text())))
+    return base
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = _tuples(v)
+    return out
+
+
+def _tuples(v):
+    """JSON lists back to the tuples the config holds (nested too: ``lowest_layer_boxes``)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v

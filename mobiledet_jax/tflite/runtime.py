@@ -1,17 +1,14 @@
-"""Running an exported .tflite with ai-edge-litert: raw outputs, a ``predict_fn`` for evaluation,
-detections, and latency.
+"""Running an exported .tflite with ai-edge-litert: raw outputs, detections, and latency.
 
-``TFLiteModel(path)`` is the evaluation-side view of an export:
+``TFLiteModel(path)`` is the evaluation-side view of an export. Every method takes images as the
+file does: RGB pixels ``[B, H, W, 3]`` in [0, 255] (``build_eval_iterator(..., pixels=True)``);
+they are rounded for uint8 inputs, and quantized outputs are dequantized.
 
-- ``model(images)`` with ``images [B, H, W, 3]`` float32 in [-1, 1] (the input pipeline's
-  convention) returns ``(box_encodings [B, A, 4], class_logits [B, A, C + 1])`` as float32 numpy:
-  the ``predict_fn(images) -> (box_encodings, class_logits)`` interface of
-  ``mobiledet_jax.evaluate``. Images go into the file as pixels ``round((x + 1) * 127.5)`` (uint8
-  inputs) or ``(x + 1) * 127.5`` (float inputs); quantized outputs are dequantized.
-- ``model.detect(images)`` returns ``detection.postprocess.Detections`` for either kind of export:
+- ``model.raw(pixels)`` returns ``(box_encodings [B, A, 4], class_logits [B, A, C + 1])`` float32.
+- ``model.detect(pixels)`` returns ``detection.postprocess.Detections`` for either kind of export:
   raw files through our JAX post-processing, post-processed files from the op's outputs (boxes
   clipped to [0, 1] as ours are).
-- ``make_detect_fn(model, anchors)`` adapts it to ``evaluate.run_coco_evaluation``.
+- ``tflite_detect_fn(model, anchors, nms)`` adapts it to ``evaluation.run_coco_evaluation``.
 """
 
 from __future__ import annotations
@@ -92,20 +89,26 @@ class TFLiteModel:
         outs = [self.invoke(p[None]) for p in np.asarray(pixels)]
         return tuple(np.concatenate([o[n] for o in outs]) for n in RAW_NAMES)
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``predict_fn``: images ``[B, H, W, 3]`` float32 in [-1, 1] -> raw outputs."""
-        return self.raw(images_to_pixels(images))
+    def detect(
+        self,
+        pixels: np.ndarray,
+        anchors: np.ndarray | None = None,
+        nms: postprocess.NmsSettings | None = None,
+    ):
+        """Pixels ``[B, H, W, 3]`` in [0, 255] -> ``postprocess.Detections`` (numpy).
 
-    def detect(self, images: np.ndarray, anchors: np.ndarray | None = None):
-        """Images ``[B, H, W, 3]`` in [-1, 1] -> ``postprocess.Detections`` (numpy)."""
-        pixels = images_to_pixels(images)
+        Raw files need the ``anchors`` and use ``nms`` (default: the reference settings);
+        post-processed files carry their own NMS settings in the op."""
+        pixels = np.asarray(pixels)
         if self.kind == "raw":
             if anchors is None:
                 raise ValueError("a raw export needs the anchors to decode its boxes")
             import jax.numpy as jnp
 
             boxes, logits = self.raw(pixels)
-            det = postprocess.postprocess(jnp.asarray(boxes), jnp.asarray(logits), anchors)
+            det = postprocess.postprocess(
+                jnp.asarray(boxes), jnp.asarray(logits), anchors, nms or postprocess.NmsSettings()
+            )
             return postprocess.Detections(*(np.asarray(x) for x in det))
         outs = [self.invoke(p[None]) for p in pixels]
         return _op_detections(outs)
@@ -119,16 +122,12 @@ def _op_detections(outs: list[dict[str, np.ndarray]]) -> postprocess.Detections:
     return postprocess.Detections(boxes, scores, classes, num, np.zeros_like(classes))
 
 
-def images_to_pixels(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] float images (``preprocess`` output) back to [0, 255] pixels."""
-    return (np.asarray(images, np.float32) + 1.0) * np.float32(127.5)
-
-
-def make_detect_fn(model: TFLiteModel, anchors=None):
-    """``batch -> (detections, ground truth)`` for ``evaluate.run_coco_evaluation``."""
+def tflite_detect_fn(model: TFLiteModel, anchors=None, nms: postprocess.NmsSettings | None = None):
+    """``batch -> (detections, ground truth)`` for ``evaluation.run_coco_evaluation``; the batch
+    images are [0, 255] pixels."""
 
     def detect(batch):
-        det = model.detect(np.asarray(batch["image"]), anchors)
+        det = model.detect(np.asarray(batch["image"]), anchors, nms)
         gt = {k: np.asarray(v) for k, v in batch.items() if k != "image"}
         return det, gt
 

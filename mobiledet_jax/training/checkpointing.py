@@ -1,6 +1,6 @@
 """Training checkpoints: orbax step folders with the model, optimizer and input position.
 
-Layout (``mobiledet_jax.checkpoints`` reads the ``model`` and ``meta`` items of the same folders)::
+Layout (``mobiledet_jax.workdir`` reads the ``model`` and ``meta`` items of the same folders)::
 
     <workdir>/checkpoints/<step>/{model, train, meta}   orbax, written asynchronously, atomically
     <workdir>/input_state/<step>/                       each process's input-iterator position
@@ -19,8 +19,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from mobiledet_jax.checkpoints import CHECKPOINT_DIR, workdir_path
-from mobiledet_jax.train_step import TrainState
+from mobiledet_jax.training.state import TrainState
+from mobiledet_jax.workdir import CHECKPOINT_DIR, workdir_path
 
 INPUT_STATE_DIR = "input_state"
 BEST_DIR = "best"
@@ -44,6 +44,11 @@ class TrainCheckpointer:
         )
 
     def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def latest_step_after_wait(self) -> int | None:
+        """The newest step whose save has finished (waits for a running async save)."""
+        self._manager.wait_until_finished()
         return self._manager.latest_step()
 
     def _input_dir(self, step: int) -> epath.Path:

@@ -222,3 +222,13 @@ class CocoEvaluator:
             ap = float(np.mean(p)) if p.size else float("nan")
             metrics[PER_CLASS_PREFIX + self.category_names[cat]] = ap
         return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """The 12 COCO numbers, then per-class AP, one per line (what the commands print)."""
+    lines = [f"{k:>8s} {v:.4f}" for k, v in metrics.items() if "/" not in k]
+    per_class = {k: v for k, v in metrics.items() if "/" in k}
+    if per_class:
+        lines.append("per-class AP:")
+        lines += [f"  {k.split('/', 1)[1]:<24s} {v:.4f}" for k, v in per_class.items()]
+    return "\n".join(lines)

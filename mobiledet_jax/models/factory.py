@@ -1,0 +1,51 @@
+"""``build_model(config.model)``: the SSDLite detector a config describes, and its input size."""
+
+import jax.numpy as jnp
+import ml_collections
+
+from mobiledet_jax.detection import anchors as anchors_lib
+from mobiledet_jax.models import specs
+from mobiledet_jax.models.ssdlite import SSDLite
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def backbone_spec(name: str, dsp_block20_residual: bool = True) -> specs.BackboneSpec:
+    """The table of a model name from ``mobiledet_jax.config.MODEL_NAMES``."""
+    from mobiledet_jax.models import baselines  # the MobileNet tables
+
+    table = {**specs.MOBILEDETS, **baselines.BASELINES}
+    if name not in table:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(table)}")
+    spec = table[name]
+    if name == "mobiledet_dsp" and not dsp_block20_residual:
+        spec = specs.dsp_tf2_variant(spec)
+    return spec
+
+
+def build_model(
+    model_config: ml_collections.ConfigDict,
+    anchor_config: ml_collections.ConfigDict | None = None,
+) -> SSDLite:
+    """The SSDLite detector described by ``config.model``; its box predictor has as many anchor
+    types per location as ``config.detection.anchors`` (default: the reference, 3, 6, 6, 6, 6, 6)."""
+    if model_config.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {model_config.compute_dtype!r}"
+        )
+    return SSDLite(
+        backbone_spec=backbone_spec(model_config.name, model_config.dsp_block20_residual),
+        num_classes=model_config.num_classes,
+        width_multiplier=model_config.width_multiplier,
+        dtype=COMPUTE_DTYPES[model_config.compute_dtype],
+        anchors_per_location=anchors_lib.anchors_per_location(
+            None if anchor_config is None else anchors_lib.AnchorSettings.from_config(anchor_config)
+        ),
+    )
+
+
+def input_size(model_config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(height, width) of the model input."""
+    h = model_config.image_height if model_config.image_height > 0 else model_config.image_size
+    w = model_config.image_width if model_config.image_width > 0 else model_config.image_size
+    return int(h), int(w)

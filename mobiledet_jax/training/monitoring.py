@@ -1,0 +1,70 @@
+"""What the training loop watches: the metric log (console, TensorBoard, JSON lines) and the guard
+that stops a run at the first non-finite step before anything non-finite is saved.
+
+The guard does not wait for the device every step: the train step returns a device-side
+``finite`` flag with its metrics, and the flags of the steps since the last check are fetched
+with the log window, before every checkpoint save and before every evaluation (the places where
+the host reads the state anyway). The first bad step in the window is the one named; since no
+save happens without a check, the last checkpoint always holds finite values.
+``config.train.nan_check_every = N > 0`` also checks every N steps (each check syncs).
+"""
+
+import json
+
+import jax
+import numpy as np
+from clu import metric_writers
+from etils import epath
+
+METRICS_FILE = "train_metrics.jsonl"
+WATCHED = ("loss", "grad_norm", "update_norm")
+
+
+class MetricsLog:
+    """Console/TensorBoard through clu, plus a JSON-lines file (process 0)."""
+
+    def __init__(self, workdir: epath.Path):
+        self.writer = metric_writers.create_default_writer(
+            str(workdir), just_logging=jax.process_index() > 0
+        )
+        self.file = workdir / METRICS_FILE if jax.process_index() == 0 else None
+
+    def write(self, step: int, scalars: dict) -> None:
+        self.writer.write_scalars(step, scalars)
+        if self.file is not None:
+            with self.file.open("a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def flush(self):
+        self.writer.flush()
+
+
+class FiniteGuard:
+    """Collects each step's device-side metrics; ``check`` raises FloatingPointError naming the
+    first step whose loss, gradient norm or update norm is not finite."""
+
+    def __init__(self):
+        self._pending: list[tuple[int, dict]] = []
+
+    def add(self, step: int, metrics: dict) -> None:
+        self._pending.append((step, {k: metrics[k] for k in ("finite", *WATCHED)}))
+
+    def check(self, last_good_checkpoint) -> None:
+        """Fetches the pending flags (one transfer) and raises at the first bad step.
+
+        ``last_good_checkpoint``: a callable returning the newest saved step, for the message."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        flags = jax.device_get([m["finite"] for _, m in pending])
+        for (step, m), ok in zip(pending, flags, strict=True):
+            if bool(ok):
+                continue
+            values = jax.device_get({k: m[k] for k in WATCHED})
+            bad = {k: float(v) for k, v in values.items() if not np.isfinite(v)}
+            what = ", ".join(f"{k} is {v}" for k, v in bad.items())
+            raise FloatingPointError(
+                f"{what} at step {step}; stopping. The last checkpoint (step "
+                f"{last_good_checkpoint()}) is intact and holds finite values: lower the learning "
+                "rate or check the input data."
+            )

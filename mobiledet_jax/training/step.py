@@ -1,0 +1,139 @@
+"""The loss and the jitted train step (SPMD over global arrays, no pmap).
+
+The batch is sharded along the mesh's ``data`` axis and the state is replicated (``sharding``);
+``jit`` inserts the collectives. BatchNorm in train mode computes its statistics over the whole
+global batch, i.e. synchronized BN, with no ``axis_name``.
+"""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from mobiledet_jax.detection import anchors as anchors_lib
+from mobiledet_jax.detection import losses, matcher, target_assigner
+from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.sharding import batch_sharding, replicated
+from mobiledet_jax.training import schedules
+from mobiledet_jax.training.optimizer import make_optimizer
+from mobiledet_jax.training.state import TrainState
+
+
+def loss_fn(
+    params,
+    batch_stats,
+    batch: dict[str, jax.Array],
+    model: nn.Module,
+    anchors: jax.Array,
+    num_classes: int,
+    l2_weight: float,
+    quant_stats=None,
+    matcher_settings: matcher.MatcherSettings | None = None,
+    loss_settings: losses.LossSettings | None = None,
+):
+    """Total loss (focal + smooth-L1 over matches, + L2) and the updated mutable collections
+    (``batch_stats``; also ``quant_stats`` when given, for a QAT model of ``models.qat``).
+    Matcher and loss settings default to the reference recipe."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    mutable = ["batch_stats"]
+    if quant_stats:
+        variables["quant_stats"] = quant_stats
+        mutable.append("quant_stats")
+    out, updates = model.apply(variables, batch["image"], train=True, mutable=mutable)
+    targets = target_assigner.batch_assign_targets(
+        anchors,
+        batch["gt_boxes"],
+        batch["gt_classes"],
+        batch["gt_mask"],
+        num_classes,
+        matcher_settings,
+    )
+    terms = losses.detection_loss(
+        out["box_encodings"], out["class_logits"], targets, settings=loss_settings
+    )
+    l2 = losses.l2_regularization(params, l2_weight)
+    total = terms["total_loss"] + l2
+    metrics = {
+        "loss": total,
+        "classification_loss": terms["classification_loss"],
+        "localization_loss": terms["localization_loss"],
+        "l2_loss": l2,
+        "num_matches": terms["num_matches"],
+    }
+    return total, (updates, metrics)
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    anchors: jax.Array,
+    num_classes: int,
+    train: ml_collections.ConfigDict,
+    mesh: Mesh,
+    detection: ml_collections.ConfigDict | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """``state, batch -> state, metrics``, jitted with the state donated.
+
+    ``detection``: ``config.detection`` (matcher and loss settings; default: the reference).
+    For QAT, ``model`` is ``models.qat.qat_model(...)`` and ``state.quant_stats`` is calibrated.
+    ``metrics["finite"]`` is True when the loss, the gradient and the update are all finite: the
+    trainer's NaN guard reads it with the log window, without a host sync per step.
+    """
+    schedule = schedules.from_config(train)
+    match_s = matcher.MatcherSettings.from_config(detection.matcher) if detection else None
+    loss_s = losses.LossSettings.from_config(detection.loss) if detection else None
+
+    def step_fn(state: TrainState, batch):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (updates, metrics)), grads = grad_fn(
+            state.params,
+            state.batch_stats,
+            batch,
+            model,
+            anchors,
+            num_classes,
+            train.l2_weight,
+            state.quant_stats,
+            match_s,
+            loss_s,
+        )
+        param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, param_updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        # A non-finite update (e.g. an exploding learning rate) is caught before it is checkpointed.
+        metrics["update_norm"] = optax.global_norm(param_updates)
+        metrics["learning_rate"] = schedule(state.step)
+        metrics["finite"] = jnp.isfinite(
+            jnp.stack([metrics["loss"], metrics["grad_norm"], metrics["update_norm"]])
+        ).all()
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=updates["batch_stats"],
+            opt_state=opt_state,
+            quant_stats=updates.get("quant_stats", state.quant_stats),
+        )
+        return new_state, metrics
+
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def train_step_for_config(config: ml_collections.ConfigDict, mesh: Mesh):
+    """``(model, optimizer, step)`` of ``config``: the float model, its optimizer and the jitted step
+    as the trainer builds them (for tools that compile or time the step: AOT, benchmarks)."""
+    model = build_model(config.model, config.detection.anchors)
+    optimizer = make_optimizer(config.train)
+    anchors = anchors_lib.anchors_from_config(config.detection.anchors, *input_size(config.model))
+    step = make_train_step(
+        model, optimizer, anchors, config.model.num_classes, config.train, mesh, config.detection
+    )
+    return model, optimizer, step

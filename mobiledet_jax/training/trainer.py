@@ -1,0 +1,221 @@
+"""``train_and_evaluate(config, workdir)``: the training loop behind ``python -m mobiledet_jax.train``.
+
+SPMD over global ``jax.Array`` batches on a 1-D ``data`` mesh (state replicated, synchronized BN),
+orbax checkpoints (async, keep K, input position included), resume from the latest complete
+checkpoint on start, save-and-exit on SIGTERM (TPU preemption), clu metrics (TensorBoard +
+console, process 0), periodic COCO evaluation with an evaluator built once and the best checkpoint
+kept, and guards: a NaN/Inf loss, gradient or update stops the run naming the step before anything
+non-finite is saved (``monitoring.FiniteGuard``), and a recompiled train step is an error.
+
+``config.train.qat`` trains the fake-quantized model of ``models/qat.py`` (qwix; TFLite's int8
+scheme): its ``quant_stats`` are calibrated on the first batch (or, on resume, restored), averaged
+by every step, saved with the checkpoints, used by the evaluations, and converted by ``export
+--format=int8``. A conv qwix would leave float is a QatError before the first step.
+"""
+
+import logging
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from clu import periodic_actions
+
+from mobiledet_jax import data
+from mobiledet_jax import workdir as workdir_lib
+from mobiledet_jax.detection import anchors as anchors_lib
+from mobiledet_jax.evaluation.coco_metric import format_metrics
+from mobiledet_jax.evaluation.evaluator import Evaluator
+from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.sharding import make_mesh, replicated
+from mobiledet_jax.training import finetune
+from mobiledet_jax.training.checkpointing import TrainCheckpointer
+from mobiledet_jax.training.monitoring import FiniteGuard, MetricsLog
+from mobiledet_jax.training.optimizer import make_optimizer
+from mobiledet_jax.training.preemption import PreemptionWatcher
+from mobiledet_jax.training.state import TrainState, create_train_state
+from mobiledet_jax.training.step import make_train_step
+
+
+def _check_data(config, info) -> None:
+    if info.num_classes > config.model.num_classes:
+        raise ValueError(
+            f"the dataset has {info.num_classes} classes but config.model.num_classes is "
+            f"{config.model.num_classes}; set --config.model.num_classes={info.num_classes}"
+        )
+    if config.train.batch_size % jax.device_count():
+        raise ValueError(
+            f"global batch {config.train.batch_size} does not divide over {jax.device_count()} "
+            "devices"
+        )
+
+
+def _init_from(config, state: TrainState) -> TrainState:
+    cfg = config.checkpoint
+    step = None if cfg.init_from_step < 0 else cfg.init_from_step
+    loaded = workdir_lib.load_model(cfg.init_from, step)
+    source = {k: v for k, v in loaded.variables.items() if k != "quant_stats"}  # QAT recalibrates
+    merged, report = finetune.restore_matching(
+        state.variables, source, required_scopes=tuple(cfg.restore_scopes)
+    )
+    logging.info("initialised from %s step %d: %s", cfg.init_from, loaded.step, report.summary())
+    params = jax.device_put(merged["params"], jax.tree.map(lambda a: a.sharding, state.params))
+    stats = jax.device_put(
+        merged["batch_stats"], jax.tree.map(lambda a: a.sharding, state.batch_stats)
+    )
+    return state.replace(params=params, batch_stats=stats)
+
+
+def _qat_model(config, model):
+    """QAT (``config.train.qat``): the fake-quantized model of ``models.qat`` (qwix), or ``model``."""
+    if not config.train.qat:
+        return model
+    from mobiledet_jax.models import qat  # qwix, only for QAT runs
+
+    return qat.qat_model(model)  # QatError if a conv would stay float
+
+
+def _calibrate(qmodel, state: TrainState, batch, mesh) -> TrainState:
+    """Initial ``quant_stats`` from one training batch (min/max ranges; the train step keeps
+    averaging them). Raises QatError if qwix left any conv kernel unquantized."""
+    from mobiledet_jax.models import qat
+
+    quant_stats = qat.calibrate(qmodel, state.variables, batch["image"])
+    paths = jax.tree_util.tree_leaves_with_path(quant_stats)
+    n = sum(getattr(path[-1], "key", None) == "count" for path, _ in paths)
+    logging.info("QAT: calibrated %d activation ranges", n)
+    return state.replace(quant_stats=jax.device_put(quant_stats, replicated(mesh)))
+
+
+def _window_scalars(window: list[dict], batch_size: int, elapsed: float, input_wait: float):
+    window = jax.device_get(window)
+    keys = [k for k in window[0] if k != "finite"]
+    scalars = {k: float(np.mean([m[k] for m in window])) for k in keys}
+    scalars["learning_rate"] = float(window[-1]["learning_rate"])
+    scalars["images_per_sec"] = len(window) * batch_size / elapsed
+    scalars["input_wait_fraction"] = input_wait / elapsed
+    return scalars
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
+    workdir = workdir_lib.workdir_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    model = build_model(config.model, config.detection.anchors)
+    size = input_size(config.model)
+    anchors = anchors_lib.anchors_from_config(config.detection.anchors, *size)
+    tcfg = config.train
+
+    train_iter = data.build_train_iterator(
+        config.data, tcfg.batch_size, size, mesh, seed=config.seed
+    )
+    _check_data(config, train_iter.info)
+    workdir_lib.write_config(config, str(workdir))
+
+    optimizer = make_optimizer(tcfg)
+    state = create_train_state(model, optimizer, size, jax.random.key(config.seed), mesh)
+    ckpt = TrainCheckpointer(str(workdir), config.checkpoint, config.model)
+    train_model = _qat_model(config, model)
+    # Where the starting state comes from, in this order:
+    # 1. a fresh initialisation (above, from config.seed);
+    # 2. on a new run only, config.checkpoint.init_from overwrites the restorable variables
+    #    (backbone and neck must all match; the class head may be re-created);
+    # 3. QAT: quant_stats calibrated on one training batch (on resume this only gives the restore
+    #    below the structure of quant_stats; the saved ranges replace it);
+    # 4. resume: the latest complete checkpoint of this workdir replaces everything (state and
+    #    input position), so a restarted run continues exactly where it stopped.
+    resume = ckpt.latest_step() is not None
+    if not resume and config.checkpoint.init_from:
+        state = _init_from(config, state)
+    if tcfg.qat:
+        state = _calibrate(train_model, state, next(train_iter), mesh)
+    if resume:
+        state = ckpt.restore(state, train_iter)
+        logging.info("resumed from checkpoint step %d", int(state.step))
+
+    step_fn = make_train_step(
+        train_model,
+        optimizer,
+        anchors,
+        config.model.num_classes,
+        tcfg,
+        mesh,
+        config.detection,
+    )
+    evaluator = None
+    if config.eval.max_batches != 0:  # built once: every evaluation reuses iterator and program
+        evaluator = Evaluator(config, mesh, model=train_model)
+    log = MetricsLog(workdir)
+    guard = FiniteGuard()
+    start_step = int(jax.device_get(state.step))
+    report = periodic_actions.ReportProgress(
+        num_train_steps=tcfg.num_steps, writer=log.writer, every_steps=tcfg.log_every
+    )
+    preemption = PreemptionWatcher()
+    best_ap = ckpt.best_ap()  # -1 when there is none yet: a resumed run keeps the true best
+    metrics_window, input_wait, window_start = [], 0.0, time.time()
+    compiled_size = None
+    final_metrics = {}
+
+    def check_finite():
+        guard.check(ckpt.latest_step_after_wait)
+
+    try:
+        for step in range(start_step + 1, tcfg.num_steps + 1):
+            t0 = time.time()
+            batch = next(train_iter)
+            input_wait += time.time() - t0
+            state, metrics = step_fn(state, batch)
+            metrics_window.append(metrics)
+            guard.add(step, metrics)
+            if compiled_size is None:
+                compiled_size = step_fn._cache_size()
+            if tcfg.nan_check_every and step % tcfg.nan_check_every == 0:
+                check_finite()
+            report(step)
+            last = step == tcfg.num_steps
+            if step % tcfg.log_every == 0 or last:
+                check_finite()
+                if step_fn._cache_size() != compiled_size:
+                    raise RuntimeError(
+                        f"the train step was recompiled by step {step}: batch shapes, dtypes or "
+                        "shardings changed after the first step"
+                    )
+                elapsed = time.time() - window_start
+                log.write(
+                    step, _window_scalars(metrics_window, tcfg.batch_size, elapsed, input_wait)
+                )
+                metrics_window, input_wait, window_start = [], 0.0, time.time()
+            if step % config.checkpoint.every_steps == 0 or last:
+                check_finite()  # nothing non-finite is ever saved
+                ckpt.save(state, train_iter, force=last)
+            eval_now = config.eval.every_steps and step % config.eval.every_steps == 0
+            if (eval_now or last) and evaluator is not None:
+                check_finite()
+                with report.timed("eval"):
+                    final_metrics = evaluator.evaluate(state.variables)
+                log.write(step, {f"eval/{k}": v for k, v in final_metrics.items()})
+                if last:  # the command prints the full table once it returns
+                    ap, ap50 = final_metrics["AP"], final_metrics["AP50"]
+                    logging.info("step %d eval: AP %.4f, AP50 %.4f", step, ap, ap50)
+                else:
+                    logging.info("step %d eval: %s", step, format_metrics(final_metrics))
+                if final_metrics["AP"] > best_ap:
+                    best_ap = final_metrics["AP"]
+                    ckpt.save_best(state, final_metrics)
+            if preemption.should_stop(step) and not last:
+                check_finite()
+                ckpt.save(state, train_iter, force=True)
+                ckpt.wait()
+                logging.warning("preempted: saved step %d, exiting", step)
+                break
+        if start_step >= tcfg.num_steps and evaluator is not None:
+            logging.info("training finished earlier (step %d): evaluating it", start_step)
+            final_metrics = evaluator.evaluate(state.variables)
+        ckpt.wait()
+    finally:
+        preemption.close()
+        log.flush()
+        ckpt.close()
+    return final_metrics
