@@ -20,12 +20,12 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mobiledet_jax.aot_compile import Topology  # noqa: E402
 from mobiledet_jax.config import MODEL_NAMES  # noqa: E402
+from mobiledet_jax.tpu_slices import TpuSlice  # noqa: E402
 
 
 def compile_one(model: str, slice_name: str, per_device: int, path: pathlib.Path) -> dict:
-    devices = Topology.parse(slice_name).devices
+    devices = TpuSlice.parse(slice_name).devices
     cmd = [
         sys.executable,
         "-m",
@@ -88,7 +88,7 @@ def main() -> None:
         if not (REPO / "configs" / f"{model}.py").exists():
             p.error(f"no configs/{model}.py (models: {', '.join(MODEL_NAMES)})")
         try:
-            Topology.parse(slice_name)
+            TpuSlice.parse(slice_name)
         except ValueError as e:
             p.error(str(e))
     out = pathlib.Path(args.out_dir)

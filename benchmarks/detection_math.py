@@ -16,6 +16,7 @@ and the ratios of the detection math to the forward pass.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -98,10 +99,11 @@ def main(argv=None) -> dict:
 
     assign_loss = jax.jit(loss_fn)
     assign_loss_grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
-    nms = jax.jit(lambda e, lg: postprocess.postprocess(e, lg, anchors))
-    nms_all = jax.jit(
-        lambda e, lg: postprocess.postprocess(e, lg, anchors, candidates_per_class=None)
+    all_anchors = dataclasses.replace(
+        postprocess.NmsSettings.reference(), candidates_per_class=None
     )
+    nms = jax.jit(lambda e, lg: postprocess.postprocess(e, lg, anchors))
+    nms_all = jax.jit(lambda e, lg: postprocess.postprocess(e, lg, anchors, all_anchors))
 
     gt = (gt_boxes, gt_classes, gt_mask)
     results = {

@@ -21,9 +21,11 @@ import tempfile
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from mobiledet_jax import sharding
 from mobiledet_jax.data import coco_source, data_config, sources, synthetic
 from mobiledet_jax.data.iterators import build_train_iterator
 
@@ -73,7 +75,7 @@ def main() -> None:
     cfg.coco_json.prepared_dir = str(workdir / "prepared_cfg")
     cfg.num_shards = 8
     cfg.shuffle_buffer = 256
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1}))
     batch = args.batch_size - args.batch_size % jax.device_count()
 
     split = sources.RecordSplit(prepared)

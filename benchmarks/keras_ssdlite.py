@@ -2,7 +2,7 @@
 weights of a Flax model copied in: the baseline of ``tflite_latency.py``.
 
 Layer for layer as the Flax modules (``mobiledet_jax.models``): Conv2D / DepthwiseConv2D (bias-free,
-padding "same") + BatchNormalization (the spec's epsilon) + ReLU(6) or hard-swish; squeeze-excite as
+padding "same") + BatchNormalization (docs/reference/architectures.md epsilons) + ReLU(6) or hard-swish; squeeze-excite as
 GlobalAveragePooling2D(keepdims) -> 1x1 conv + act -> 1x1 conv -> sigmoid -> multiply; identity
 residual adds; the SSDLite neck and the unshared box/class heads, reshaped and concatenated in map
 order. Input: uint8 pixels, cast and rescaled by 2/255 - 1 inside the model, as in our export.
@@ -14,11 +14,11 @@ import keras
 import numpy as np
 from keras import layers
 
+from mobiledet_jax.detection.anchors import anchors_per_location
 from mobiledet_jax.models import backbone as backbone_lib
 from mobiledet_jax.models import specs
 from mobiledet_jax.models.layers import BACKBONE_NORM, HEAD_NORM
 from mobiledet_jax.models.ssdlite import (
-    ANCHORS_PER_LOCATION,
     EXTRA_LAYER_DEPTHS,
     _depth,
     extra_layer_names,
@@ -128,7 +128,7 @@ def build(model_config, input_dtype: str = "uint8") -> tuple[keras.Model, _Build
         maps.append(x)
     boxes, logits = [], []
     slots = model_config.num_classes + 1
-    for i, (m, a) in enumerate(zip(maps, ANCHORS_PER_LOCATION, strict=True)):
+    for i, (m, a) in enumerate(zip(maps, anchors_per_location(), strict=True)):
         p = ("head", f"BoxPredictor_{i}")
         bx = b.conv_bn(m, (*p, "BoxEncodingPredictor_depthwise"), 0, 3, 1, True, eps=head_eps)
         bx = b.conv_bias(bx, (*p, "BoxEncodingPredictor"), a * 4)

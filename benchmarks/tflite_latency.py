@@ -3,7 +3,7 @@
     python benchmarks/tflite_latency.py [--models=mobiledet_edgetpu,mobiledet_cpu,...] \
         [--formats=float32,int8] [--image_size=320] [--runs=50] [--repeats=5] [--kernels=xnnpack]
 
-For each model: random weights (``export.random_weights``) go into the Flax model and, copied, into
+For each model: random weights (``models.random_weights``) go into the Flax model and, copied, into
 the Keras model of ``keras_ssdlite.py`` (outputs checked equal before conversion). Both go through
 the same TFLiteConverter with the same settings (float32; int8 PTQ with the same representative
 images, uint8 input, uint8 outputs). Then, in one process and interleaved, ``repeats`` rounds of
@@ -25,8 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras_ssdlite  # noqa: E402
 
 from mobiledet_jax import config as config_lib  # noqa: E402
-from mobiledet_jax.export import convert, random_weights, tflite_model, tflite_predict  # noqa: E402
-from mobiledet_jax.models import build_model  # noqa: E402
+from mobiledet_jax.export import convert  # noqa: E402
+from mobiledet_jax.models import (
+    build_model,  # noqa: E402
+    random_weights,  # noqa: E402
+)
+from mobiledet_jax.tflite import flatbuffer, runtime  # noqa: E402
 
 
 def keras_tflite(model_config, variables, fmt, representative) -> bytes:
@@ -42,7 +46,7 @@ def check_equal(model, variables, model_config, size):
     """Keras and Flax outputs on one image before any conversion."""
     kmodel, builder = keras_ssdlite.build(model_config)
     keras_ssdlite.copy_weights(builder, variables)
-    from mobiledet_jax.export.pipeline import jax_raw
+    from mobiledet_jax.export.exporter import jax_raw
 
     px = np.random.default_rng(0).integers(0, 256, (1, *size, 3)).astype(np.uint8)
     kb, kc = (np.asarray(t) for t in kmodel(px, training=False))

@@ -5,7 +5,7 @@
 
 Runs on every device of a single-process run (CPU, GPU or one TPU host, unchanged): a 1-D ``data`` mesh over them, the batch
 sharded along it (``--batch_size`` images per device), the state replicated, and the train step of
-``mobiledet_jax.train_step`` (the one the trainer jits). The batch is synthetic (random pixels in
+``mobiledet_jax.training.step`` (the one the trainer jits). The batch is synthetic (random pixels in
 [-1, 1] and a few random ground-truth boxes per image) and stays on the devices, so the figures
 measure the step alone, no input pipeline.
 
@@ -14,7 +14,7 @@ For each model it reports:
 - step time (median over ``--steps`` timed steps after ``--warmup``) and images/s;
 - model FLOPs per step: 3x the forward pass (forward + backward, the usual MFU convention), the
   forward counted by XLA's cost analysis of the lowered (unoptimized) training-mode forward, which
-  matches 2x the SPEC's MAdds; the same on every platform. For comparison, XLA's count for the
+  matches 2x the MAdds of docs/reference/architectures.md; the same on every platform. For comparison, XLA's count for the
   whole compiled train step (``XLA GFLOP/img``, what the AOT tool reports for TPUs), which on TPU
   runs ~10-20% above the model count, but on the CPU several times above it: the CPU backend turns
   depthwise-convolution filter gradients into dense convolutions, and the gradient of the
@@ -42,9 +42,11 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from mobiledet_jax import train_step  # noqa: E402
+from mobiledet_jax import sharding as sharding_lib  # noqa: E402
 from mobiledet_jax.config import base_config  # noqa: E402
 from mobiledet_jax.models import input_size  # noqa: E402
+from mobiledet_jax.training import state as state_lib  # noqa: E402
+from mobiledet_jax.training import step as step_lib  # noqa: E402
 
 MOBILEDETS = ("mobiledet_cpu", "mobiledet_dsp", "mobiledet_edgetpu", "mobiledet_gpu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -53,7 +55,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def matmul_rate(mesh, n: int, dtype, reps: int = 5) -> float:
     """Dense matmul FLOP/s per device: one ``[n, n] @ [n, n]`` on each device, best of ``reps``."""
     d = mesh.devices.size
-    sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
+    sharding = NamedSharding(mesh, PartitionSpec(sharding_lib.DATA_AXIS))
     keys = jax.random.split(jax.random.key(1), 2)
     make = jax.jit(
         lambda k: jax.random.normal(k, (d, n, n), jnp.float32).astype(dtype), out_shardings=sharding
@@ -100,10 +102,10 @@ def bench_model(name: str, args, mesh) -> dict:
     config.model.width_multiplier = args.width_multiplier
     batch_size = args.batch_size * mesh.devices.size
     config.train.batch_size = batch_size
-    model, optimizer, step = train_step.train_step_for_config(config, mesh)
+    model, optimizer, step = step_lib.train_step_for_config(config, mesh)
     size = input_size(config.model)
-    state = train_step.create_train_state(model, optimizer, size, jax.random.key(0), mesh)
-    batch = synthetic_batch(config, batch_size, train_step.batch_sharding(mesh))
+    state = state_lib.create_train_state(model, optimizer, size, jax.random.key(0), mesh)
+    batch = synthetic_batch(config, batch_size, sharding_lib.batch_sharding(mesh))
     start = time.perf_counter()
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
@@ -170,7 +172,7 @@ def main() -> None:
     args = p.parse_args()
 
     devices = jax.devices()
-    mesh = train_step.make_mesh(ml_collections.ConfigDict({"data": -1}), devices)
+    mesh = sharding_lib.make_mesh(ml_collections.ConfigDict({"data": -1}), devices)
     platform = devices[0].platform
     n = args.matmul_size or (2048 if platform == "cpu" else 8192)
     peaks = {k: matmul_rate(mesh, n, dt) for k, dt in DTYPES.items()}

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from launch import preflight, remote, source, steps
+from launch import launch_checks, remote, source, steps
 from launch.gcloud import Gcloud, GcloudError
 from launch.steps import Job, StepError
 
@@ -189,7 +189,7 @@ def _prepare(args, gc: Gcloud, job: Job, scratch: str) -> source.Archive:
     _check_job(job)
     repo = source.repo_root(pathlib.Path(args.repo_dir))
     archive = source.archive(repo, job.revision, pathlib.Path(scratch))
-    preflight.run(
+    launch_checks.run(
         gc=gc, tpu=job.tpu, repo=repo, revision_arg=job.revision, archive=archive,
         config=job.config, overrides=job.overrides, workdir=job.workdir, zone=job.zone,
         python=args.local_python, allow_dirty=args.allow_dirty, skip_aot=args.skip_aot,
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print("# dry run: gcloud commands are printed, not run")
         COMMANDS[args.command](args, gc)
-    except preflight.PreflightError as e:
+    except launch_checks.PreflightError as e:
         print(
             f"preflight [FAILED] {e}\nerror: preflight failed, nothing was created", file=sys.stderr
         )

@@ -7,8 +7,14 @@ so a mistyped key (in a config file or on the command line) is an error, never s
 
 import ml_collections
 
+
+class ConfigError(ValueError):
+    """A setting that cannot work (or a config that does not fit its data): the commands report it
+    in one line and exit 2, before anything is prepared or compiled."""
+
+
 # Input sources understood by ``mobiledet_jax.data`` and label maps of ``config.data.label_map``.
-SOURCES = ("synthetic", "coco_json", "tfds")
+SOURCES = ("synthetic", "coco_json", "tfds", "yolo", "voc", "tfod_tfrecord")
 LABEL_MAPS = ("dataset", "coco90")
 
 # Model names understood by ``mobiledet_jax.models.build_model``.
@@ -89,6 +95,7 @@ def base_config(model_name: str = "mobiledet_edgetpu", schedule: str = "long"):
     c.data = data_config()
     c.detection = detection_config()
     c.export = export_config()
+    c.visualization = visualization_config()
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices along the data axis; -1 = all devices (parameters replicated)
@@ -98,7 +105,8 @@ def base_config(model_name: str = "mobiledet_edgetpu", schedule: str = "long"):
     c.checkpoint.keep = 3  # most recent checkpoints kept (the best-by-mAP one is kept apart)
     c.checkpoint.async_save = True
     c.checkpoint.init_from = ""  # workdir of a checkpoint to fine-tune from ("" = from scratch)
-    c.checkpoint.init_from_step = -1  # -1 = its latest step
+    # its checkpoint: "latest", "best" (<init_from>/best, kept by training) or a step number
+    c.checkpoint.init_from_step = "latest"
     c.checkpoint.restore_scopes = ("backbone", "neck")  # must restore completely from init_from
 
     c.eval = ml_collections.ConfigDict()
@@ -106,6 +114,16 @@ def base_config(model_name: str = "mobiledet_edgetpu", schedule: str = "long"):
     c.eval.batch_size = 64
     c.eval.split = "val"
     c.eval.max_batches = -1  # -1 = the whole split; 0 = no evaluation at all
+    # Figures of an evaluation (evaluation/visual_report.py): TensorBoard images and PR curves at
+    # every evaluation of a training run, and <workdir>/eval_<step>/ (PNGs, sample images,
+    # metrics.json) after the final one and from `evaluate`. False: metrics only.
+    c.eval.figures = True
+    c.eval.num_sample_images = 8  # the split's first K images: ground truth beside detections
+    c.eval.sample_score_threshold = 0.3  # detections drawn on the sample images
+    # Confusion matrix (evaluation/confusion.py): detections at or above this score, matched to
+    # ground truth at IoU >= confusion_iou_threshold whatever their classes.
+    c.eval.confusion_score_threshold = 0.3
+    c.eval.confusion_iou_threshold = 0.5
 
     c.seed = 0
     return c
@@ -150,7 +168,7 @@ def export_config() -> ml_collections.ConfigDict:
     e.target = "cpu"  # cpu (float32), gpu (float16), edgetpu and dsp (full int8)
     e.format = ""  # "" = the target's preset; float32, float16 or int8
     e.outputs = "postprocessed"  # or "raw" (box encodings and class logits, no NMS op)
-    e.representative_images = 64  # int8 calibration images drawn from the training input
+    e.representative_images = 64  # int8 calibration images (training input or calibration_images)
     e.parity_images = 8  # evaluation images for the raw-output parity check against JAX
     e.eval_split = "val"  # split of the parity images and the COCO comparison
     e.eval_images = -1  # COCO comparison images: -1 the whole split, 0 skip
@@ -160,7 +178,29 @@ def export_config() -> ml_collections.ConfigDict:
     e.float_input = False  # float formats: float32 pixel input instead of uint8
     e.edgetpu_runtime_version = 14  # EdgeTPU runtime the delegate rules check against
     e.seed = 0
+    # Class names, one per line ("" = <workdir>/labels.txt, else the data config's categories).
+    e.labels = ""
+    # int8 calibration from raw images: a folder or a glob (frames of the deployment camera are
+    # best); "" = the data config's training input. The report states the source and the count.
+    e.calibration_images = ""
+    # "frigate": what Frigate's EdgeTPU detector takes (edgetpu int8, post-processed, uint8 input)
+    e.preset = ""
     return e
+
+
+def visualization_config() -> ml_collections.ConfigDict:
+    """The ``config.visualization`` block: mosaics (``browse_data``), dataset statistics
+    (``validate_data --plots``) and the look of every figure (``mobiledet_jax/visualization``)."""
+    v = ml_collections.ConfigDict()
+    v.mosaic_columns = 4  # images per mosaic row
+    v.mosaic_rows = 4  # rows per mosaic file (mosaic_000.png, ...)
+    # Anchor coverage buckets: edges of sqrt(box area) in input pixels (detection/anchor_coverage).
+    v.coverage_size_edges = (16, 32, 64, 128)
+    v.max_scatter_points = 20_000  # box-size scatter plots draw a fixed random subset beyond this
+    v.max_legend_classes = 12  # curves of more classes are drawn without a legend
+    v.sample_min_side = 320  # evaluation sample images are enlarged (integer factor) up to this
+    v.figure_dpi = 100
+    return v
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -191,6 +231,25 @@ def data_config() -> ml_collections.ConfigDict:
     d.coco_json.val_annotations = ""
     d.coco_json.val_images = ""
     d.coco_json.prepared_dir = ""  # "" -> <cache_dir>/prepared/<name>-<fingerprint>
+
+    # Users' data as they hold it (data/formats.py), validated and prepared once like COCO JSON;
+    # `python -m mobiledet_jax.convert_data` writes any of them as COCO JSON files.
+    d.yolo = ml_collections.ConfigDict()
+    d.yolo.data_yaml = ""  # Ultralytics data.yaml: names, path, train, val (data/yolo_source.py)
+    d.voc = ml_collections.ConfigDict()
+    d.voc.root = ""  # folder with Annotations/, JPEGImages/, ImageSets/Main/ (data/voc_source.py)
+    d.voc.train_set = "train"  # ImageSets/Main/<name>.txt of each split
+    d.voc.val_set = "val"
+    # () -> the 20 VOC classes when every name found is one of them, else the sorted names found.
+    d.voc.class_names = ()
+    # TF OD API tf.train.Example records: comma-separated globs, local or gs:// (data/tfod_source.py)
+    d.tfod_tfrecord = ml_collections.ConfigDict()
+    d.tfod_tfrecord.train_pattern = ""
+    d.tfod_tfrecord.val_pattern = ""
+    d.tfod_tfrecord.label_map = ""  # label_map.pbtxt (StringIntLabelMap)
+    # VOC and TF OD API 'difficult' objects as iscrowd=1: ignored in evaluation, as the VOC protocol
+    # does, and not training targets. False: ordinary boxes.
+    d.difficult_as_crowd = True
 
     d.tfds = ml_collections.ConfigDict()
     d.tfds.name = "coco/2017"

@@ -8,29 +8,32 @@ evaluates a workdir checkpoint (trained or imported) on the config's evaluation 
 ``<workdir>/config.json`` (``--config`` overrides it, e.g. to point an imported COCO checkpoint at TFDS
 ``coco/2017``); the model block always comes from the checkpoint. A QAT checkpoint (one with
 ``quant_stats``) is evaluated as its fake-quantized model, as training evaluates it. Results are
-also written to ``<workdir>/eval_step_<N>.json``.
+also written to ``<workdir>/eval_step_<N>.json``, and the pictures of the evaluation
+(``evaluation.visual_report``: PR curves per class at IoU 0.5 and 0.5:0.95, F1 against score
+threshold, the confusion matrix, AP per class, K sample images with ground truth beside detections,
+``metrics.json``) to ``<workdir>/eval_<step>/`` (``--output`` to choose, ``--nofigures`` to skip).
+The best-F1 score thresholds (IoU 0.5, all classes and per class) are printed after the metrics.
 
 With ``--tflite`` the model is an exported file (``python -m mobiledet_jax.export``; raw or
 post-processed outputs, any format) run in the LiteRT interpreter; the workdir, if given, only
 supplies the config (data and evaluation split). The file's input size must be the config's model
 size (without a config, the file's size is used) and its classes the split's. Results are written
-to ``<file>.eval_<split>.json``. Libraries: ``evaluation.evaluator`` and ``evaluation.tflite_eval``.
+to ``<file>.eval_<split>.json`` and the pictures to ``--output`` (default ``<file>.eval_<split>/``).
+Libraries: ``evaluation.evaluator``, ``evaluation.tflite_eval`` and ``evaluation.visual_report``.
 """
 
 import json
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
+from mobiledet_jax import command_line, console_logs, workdir
 from mobiledet_jax import config as config_lib
-from mobiledet_jax import console_logs, workdir
+from mobiledet_jax.evaluation import curves, evaluator
 from mobiledet_jax.evaluation.coco_metric import format_metrics
-from mobiledet_jax.evaluation.evaluator import Evaluator
-from mobiledet_jax.models import build_model
-from mobiledet_jax.sharding import make_mesh
 
 FLAGS = flags.FLAGS
 
@@ -41,13 +44,34 @@ def define_flags() -> None:
         "config", None, "experiment config (default: <workdir>/config.json)"
     )
     flags.DEFINE_string("workdir", None, "workdir holding checkpoints/ (and config.json)")
-    flags.DEFINE_integer("checkpoint_step", None, "checkpoint step (default: the latest)")
+    flags.DEFINE_string("checkpoint_step", None, "checkpoint: latest (default), best or a step")
     flags.DEFINE_string("tflite", None, "evaluate this exported .tflite instead of a checkpoint")
+    flags.DEFINE_string(
+        "output",
+        None,
+        "folder of the figures (default <workdir>/eval_<step>/, <file>.eval_<split>/)",
+    )
+    flags.DEFINE_bool("figures", True, "write the figures, sample images and metrics.json")
+    command_line.define_json("also write the metrics as JSON to this path (- for stdout)")
+    command_line.define_print_config()
 
 
 def _fail(message: str) -> None:
-    print(f"evaluate: {message}", file=sys.stderr)
-    sys.exit(2)
+    command_line.fail(message)
+
+
+def _report(result, config, out_dir, step=None) -> None:
+    """Prints the metrics and best-F1 thresholds; writes the figures into ``out_dir``."""
+    best_f1 = curves.best_f1_thresholds(result.coco)
+    command_line.write_json(FLAGS.json, {"metrics": result.metrics, "best_f1": best_f1})
+    out = sys.stderr if FLAGS.json == "-" else sys.stdout  # --json=- keeps stdout one document
+    print(format_metrics(result.metrics), file=out)
+    print(curves.format_best_f1(best_f1), file=out)
+    if FLAGS.figures and jax.process_index() == 0:
+        from mobiledet_jax.evaluation import visual_report  # matplotlib, only when drawing
+
+        written = visual_report.write_eval_report(result, out_dir, config, step)
+        print(f"wrote {len(written)} files to {out_dir}", file=out)
 
 
 def main_tflite() -> None:
@@ -70,53 +94,41 @@ def main_tflite() -> None:
             "evaluate: no --config or --workdir: the default data config, the file's input size",
             file=sys.stderr,
         )
+    num_samples = config.eval.num_sample_images if FLAGS.figures else 0
     try:
-        metrics = tflite_eval.evaluate_tflite(config, str(path))
+        result = tflite_eval.evaluate_tflite_result(config, str(path), num_samples=num_samples)
     except ValueError as e:
         _fail(f"{path}: {e}")
-    print(format_metrics(metrics))
-    out = path.parent / f"{path.name}.eval_{config.eval.split}.json"
-    out.write_text(json.dumps(metrics, indent=1))
-    print(f"wrote {out}")
+    stem = path.parent / f"{path.name}.eval_{config.eval.split}"
+    _report(result, config, FLAGS.output or stem)
+    out = stem.with_name(stem.name + ".json")
+    out.write_text(json.dumps(result.metrics, indent=1))
+    print(f"wrote {out}", file=sys.stderr if FLAGS.json == "-" else sys.stdout)
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {argv[1:]}")
     console_logs.setup()
     if FLAGS.tflite:
         return main_tflite()
     if not FLAGS.workdir:
         _fail("--workdir (a checkpoint) or --tflite (a file) is required")
     try:
-        loaded = workdir.load_model(FLAGS.workdir, FLAGS.checkpoint_step)
-    except FileNotFoundError as e:
-        _fail(str(e))
-    config = FLAGS.config or workdir.load_config(FLAGS.workdir)
-    if config is None:
-        config = config_lib.base_config()
-        print(
-            "evaluate: no --config and no <workdir>/config.json: using the default data config",
-            file=sys.stderr,
+        result, scored_step, config = evaluator.evaluate_checkpoint_result(
+            FLAGS.workdir, workdir.parse_step(FLAGS.checkpoint_step), FLAGS.config
         )
-    config.unlock()
-    config.model = workdir.model_config_from_meta(loaded.meta)
-    model = build_model(config.model, config.detection.anchors)
-    if loaded.variables.get(
-        "quant_stats"
-    ):  # a QAT checkpoint: its fake-quant model, as in training
-        from mobiledet_jax.models import qat
-
-        model = qat.qat_model(model)
-        print("evaluate: QAT checkpoint: evaluating the fake-quantized (int8-equivalent) model")
-    metrics = Evaluator(config, make_mesh(config.mesh), model=model).evaluate(loaded.variables)
-    print(format_metrics(metrics))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    figures_dir = FLAGS.output or epath.Path(FLAGS.workdir) / f"eval_{scored_step}"
+    _report(result, config, figures_dir, scored_step)
     if jax.process_index() == 0:
         step = FLAGS.checkpoint_step if FLAGS.checkpoint_step is not None else "latest"
         out = epath.Path(FLAGS.workdir) / f"eval_step_{step}.json"
-        out.write_text(json.dumps(metrics, indent=1))
-        print(f"wrote {out}")
+        out.write_text(json.dumps(result.metrics, indent=1))
+        print(f"wrote {out}", file=sys.stderr if FLAGS.json == "-" else sys.stdout)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

@@ -2,119 +2,24 @@
 
     python -m mobiledet_jax.import_tf1 --model=edgetpu --checkpoint=<dir>/model.ckpt --workdir=<dir>
 
-Reads the checkpoint with TensorFlow's checkpoint reader (no Object Detection API code), maps every
-variable by name and shape onto our parameters and BatchNorm statistics (depthwise kernels re-laid
-out), and fails with the full list when anything is left unmapped on either side or a shape differs.
-Optimizer slots and bookkeeping variables (``global_step``, ``.../Momentum``, ...) are reported and
-skipped. The result is written with ``mobiledet_jax.workdir.save_model`` (step 0 by default), which
-training (fine-tuning), evaluation and export read.
+Maps every checkpoint variable by name and shape onto our parameters and BatchNorm statistics and
+fails (exit status 2) with the full list when anything is left unmapped on either side or a shape
+differs; optimizer slots and bookkeeping variables are skipped. The result is written with
+``mobiledet_jax.workdir.save_model`` (step 0 by default), which training (fine-tuning), evaluation
+and export read. A 90-class checkpoint (the published COCO models) gets the label record
+``<workdir>/labels.txt`` with the 90-slot COCO label map (``labels.COCO90_FILE``), so export and
+predict name its classes without any data; ``--labels=<file>`` (one name per line) records other
+names. Library: ``models.tf1_import``.
 """
 
-import dataclasses
-import re
 import sys
-from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
-from absl import app, flags, logging
-from flax import traverse_util
+from absl import flags, logging
 
-from mobiledet_jax import config as config_lib
+from mobiledet_jax import command_line
+from mobiledet_jax import labels as labels_lib
 from mobiledet_jax import workdir as workdir_lib
-from mobiledet_jax.models import backbone_spec, build_model, tf1_names
-
-SHORT_NAMES = {"cpu", "dsp", "edgetpu", "gpu"}
-
-# Checkpoint variables that are not part of the network.
-IGNORED = re.compile(
-    r"(^global_step$)|(/(Momentum|RMSProp(_1)?|Adam(_1)?|ExponentialMovingAverage)$)|(^beta[12]_power)"
-)
-
-
-class ImportMismatchError(ValueError):
-    """The checkpoint and the model do not correspond one to one."""
-
-
-@dataclasses.dataclass
-class ImportReport:
-    num_variables: int
-    num_values: int
-    ignored: list[str]
-
-
-def model_name(name: str) -> str:
-    """Accepts ``edgetpu`` or ``mobiledet_edgetpu``."""
-    full = f"mobiledet_{name}" if name in SHORT_NAMES else name
-    if full not in config_lib.MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(SHORT_NAMES)}")
-    return full
-
-
-def read_tf1_checkpoint(prefix: str) -> dict[str, np.ndarray]:
-    """All variables of a TF checkpoint (V1 or V2 format) as numpy arrays, by name."""
-    import tensorflow as tf  # imported lazily: only the importer needs TensorFlow
-
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except (ValueError, tf.errors.NotFoundError, tf.errors.DataLossError) as e:
-        raise FileNotFoundError(f"cannot read TF checkpoint {prefix!r}: {e}") from e
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-
-
-def map_tf1_variables(
-    tf_vars: Mapping[str, np.ndarray], model_config: ml_collections.ConfigDict
-) -> tuple[dict, ImportReport]:
-    """TF1 variables -> our ``{'params', 'batch_stats'}`` tree, checked one to one."""
-    model = build_model(model_config)
-    scope = backbone_spec(model_config.name, model_config.dsp_block20_residual).scope
-    x = jnp.zeros((1, 320, 320, 3))
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    names = tf1_names.name_map(target, scope)
-    flat_target = traverse_util.flatten_dict(target)
-    ignored = sorted(n for n in tf_vars if IGNORED.search(n))
-    candidates = {n: v for n, v in tf_vars.items() if n not in ignored}
-    missing = sorted(set(names) - set(candidates))
-    unexpected = sorted(set(candidates) - set(names))
-    wrong_shape = []
-    flat = {}
-    for name, path in names.items():
-        if name not in candidates:
-            continue
-        value = tf1_names.from_tf_layout(name, np.asarray(candidates[name], np.float32))
-        if value.shape != tuple(flat_target[path].shape):
-            tf_shape = tuple(candidates[name].shape)
-            wrong_shape.append(f"{name}: checkpoint {tf_shape}, model expects {value.shape}")
-            continue
-        flat[path] = value
-    if missing or unexpected or wrong_shape:
-        lines = [f"checkpoint does not match {model_config.name} ({scope}):"]
-        for title, items in (
-            ("model variables missing from the checkpoint", missing),
-            ("checkpoint variables with no model counterpart", unexpected),
-            ("shape mismatches", wrong_shape),
-        ):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {item}" for item in items)
-        raise ImportMismatchError("\n".join(lines))
-    report = ImportReport(len(flat), sum(v.size for v in flat.values()), ignored)
-    return traverse_util.unflatten_dict(flat), report
-
-
-def import_checkpoint(
-    model: str, checkpoint: str, workdir: str, num_classes: int = 90, step: int = 0
-) -> ImportReport:
-    """Reads, maps and writes; returns what was imported. See the module docstring."""
-    cfg = config_lib.model_config(model_name(model))
-    cfg.num_classes = num_classes
-    tf_vars = read_tf1_checkpoint(checkpoint)
-    variables, report = map_tf1_variables(tf_vars, cfg)
-    workdir_lib.save_model(workdir, variables, cfg, step=step, source=f"tf1:{checkpoint}")
-    return report
-
+from mobiledet_jax.models import tf1_import
 
 FLAGS = flags.FLAGS
 
@@ -128,15 +33,31 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "where to write the imported checkpoint", required=True)
     flags.DEFINE_integer("num_classes", 90, "foreground classes of the checkpoint's head")
     flags.DEFINE_integer("step", 0, "checkpoint step number to write")
+    flags.DEFINE_string(
+        "labels", None, "class names, one per line (default for 90 classes: the COCO label map)"
+    )
+
+
+def _label_names(num_classes: int) -> list[str] | None:
+    if FLAGS.labels:
+        return labels_lib.read_labels(FLAGS.labels, num_classes)
+    if num_classes == len(labels_lib.coco90_names()):
+        return list(labels_lib.coco90_names())
+    return None
 
 
 def main(argv):
     del argv
     try:
-        report = import_checkpoint(
-            FLAGS.model, FLAGS.checkpoint, FLAGS.workdir, FLAGS.num_classes, FLAGS.step
+        variables, model_config, report = tf1_import.load_tf1_checkpoint(
+            FLAGS.model, FLAGS.checkpoint, FLAGS.num_classes
         )
-    except (ImportMismatchError, FileNotFoundError, ValueError) as e:
+        names = _label_names(FLAGS.num_classes)
+        source = f"tf1:{FLAGS.checkpoint}"
+        workdir_lib.save_model(FLAGS.workdir, variables, model_config, FLAGS.step, source)
+        if names is not None:
+            labels_path = workdir_lib.write_labels(FLAGS.workdir, names)
+    except (tf1_import.ImportMismatchError, FileNotFoundError, ValueError) as e:
         print(f"import failed: {e}", file=sys.stderr)
         sys.exit(2)
     for name in report.ignored:
@@ -146,8 +67,14 @@ def main(argv):
         f"{FLAGS.checkpoint} into {workdir_lib.checkpoint_dir(FLAGS.workdir)}/{FLAGS.step}; "
         f"skipped {len(report.ignored)} optimizer/bookkeeping variables"
     )
+    if names is None:
+        print(f"no label names recorded for {FLAGS.num_classes} classes: pass --labels=<file> here "
+              "or to export and predict")  # fmt: skip
+    else:
+        which = FLAGS.labels or "the COCO-90 label map"
+        print(f"labels: {which} recorded in {labels_path}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

@@ -11,13 +11,14 @@ Resumes when the workdir holds checkpoints. Multi-process runs (TPU pod slices) 
 
 import logging
 import os
-import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from mobiledet_jax import console_logs
+from mobiledet_jax import command_line, console_logs
+from mobiledet_jax.config import ConfigError
+from mobiledet_jax.data.problems import DataError
 from mobiledet_jax.evaluation.coco_metric import format_metrics
 from mobiledet_jax.training import trainer
 
@@ -27,6 +28,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program)."""
     config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+    flags.mark_flag_as_required("config")
+    command_line.define_print_config()
     flags.DEFINE_string("workdir", None, "checkpoints, metrics and config go here", required=True)
     flags.DEFINE_enum(
         "distributed", "auto", ["auto", "yes", "no"],
@@ -52,10 +55,8 @@ def _maybe_initialize_distributed() -> None:
 
 
 def main(argv):
-    del argv
-    if FLAGS.config is None:
-        print("train: --config is required", file=sys.stderr)
-        sys.exit(2)
+    if len(argv) > 1:
+        command_line.fail(f"unexpected arguments: {argv[1:]}")
     console_logs.setup()
     _maybe_initialize_distributed()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -71,12 +72,13 @@ def main(argv):
     try:
         metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except FloatingPointError as e:
-        print(f"train: {e}", file=sys.stderr)
-        sys.exit(3)
+        command_line.fail(str(e), command_line.NAN_STOP)
+    except (ConfigError, DataError) as e:
+        command_line.fail(str(e))
     if metrics and jax.process_index() == 0:
         print(format_metrics(metrics))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    command_line.run(main)

@@ -3,12 +3,18 @@
 Layout::
 
     <workdir>/config.json                the resolved config of the training run
+    <workdir>/labels.txt                 the model's class names, one per line (``labels``)
     <workdir>/checkpoints/<step>/model   {'params': ..., 'batch_stats': ...}  (orbax StandardSave)
     <workdir>/checkpoints/<step>/meta    JSON: {'model': <config.model as a dict>, 'source': ...}
+    <workdir>/best/checkpoints/<step>/   the best checkpoint by COCO AP (training keeps one)
 
 Training adds its own items (optimizer state, input position; ``training.checkpointing``) beside
 ``model`` in the same step folders; everything that only needs the network restores the ``model``
-and ``meta`` items. Paths may be local or any file system orbax supports (e.g. ``gs://``).
+and ``meta`` items. A checkpoint is chosen by step (``parse_step``): ``"latest"`` (the default),
+``"best"`` or a step number. ``labels.txt`` is the label record of a model whose names no data
+config gives (``import_tf1`` writes the COCO-90 map there). Paths may be local or any file system
+orbax supports (e.g. ``gs://``); ``<workdir>/best`` given as a workdir finds its parent's
+``config.json`` and ``labels.txt``.
 """
 
 import json
@@ -24,7 +30,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"  # training.checkpointing writes <workdir>/best/checkpoints/<step>/
 CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.txt"
+LATEST, BEST = "latest", "best"
 
 
 class LoadedModel(NamedTuple):
@@ -77,6 +86,22 @@ def save_model(
     return path
 
 
+def parse_step(step: int | str | None) -> int | str:
+    """A checkpoint choice as ``--checkpoint_step`` and ``config.checkpoint.init_from_step`` give
+    it: ``"latest"`` (also None, "" and any negative number), ``"best"``, or a step number."""
+    if step is None or (isinstance(step, str) and step.strip().lower() in ("", LATEST)):
+        return LATEST
+    if isinstance(step, str) and step.strip().lower() == BEST:
+        return BEST
+    try:
+        value = int(step)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"checkpoint step must be a number, 'latest' or 'best', got {step!r}"
+        ) from e
+    return LATEST if value < 0 else value
+
+
 def latest_step(workdir: str) -> int | None:
     if not checkpoint_dir(workdir).exists():
         return None
@@ -97,19 +122,38 @@ def _local_target(item_dir) -> Any:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
 
-def load_model(workdir: str, step: int | None = None) -> LoadedModel:
-    """Restores ``(variables, meta, step)`` of ``step`` (default: the latest) as numpy arrays.
-
-    Raises FileNotFoundError with the folder searched when there is no checkpoint.
-    """
+def _steps_folder(workdir: str, step) -> epath.Path:
+    """The checkpoints folder holding ``step``: ``<workdir>/best/checkpoints`` for ``"best"``."""
+    if step == BEST:
+        best = workdir_path(workdir) / BEST_DIR / CHECKPOINT_DIR
+        if not best.exists() or not any(p.name.isdigit() for p in best.iterdir()):
+            raise FileNotFoundError(
+                f"no best checkpoint in {best}: training keeps one only when it evaluates "
+                "(config.eval.every_steps > 0, or its final evaluation); pass "
+                "--checkpoint_step=latest or a step number"
+            )
+        return best
     directory = checkpoint_dir(workdir)
     if not directory.exists():
         raise FileNotFoundError(f"no checkpoints folder at {directory}")
-    with _manager(workdir, create=False) as mngr:
+    return directory
+
+
+def load_model(workdir: str, step: int | str | None = None) -> LoadedModel:
+    """Restores ``(variables, meta, step)`` as numpy arrays. ``step``: ``"latest"`` (default; also
+    None), ``"best"`` (``<workdir>/best``, the best checkpoint by COCO AP that training keeps) or
+    a step number (``parse_step``).
+
+    Raises FileNotFoundError with the folder searched when there is no such checkpoint.
+    """
+    step = parse_step(step)
+    directory = _steps_folder(workdir, step)
+    options = ocp.CheckpointManagerOptions(create=False)
+    with ocp.CheckpointManager(directory, options=options) as mngr:
         steps = mngr.all_steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint steps in {directory}")
-        if step is None:
+        if step in (LATEST, BEST):
             step = mngr.latest_step()
         elif step not in steps:
             raise FileNotFoundError(f"step {step} not in {directory} (have {sorted(steps)})")
@@ -135,17 +179,51 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         (workdir_path(workdir) / CONFIG_FILE).write_text(config.to_json(indent=1, sort_keys=True))
 
 
+def _workdir_file(workdir: str, name: str) -> epath.Path:
+    """``<workdir>/<name>``; for ``<run>/best`` given as a workdir, ``<run>/<name>``."""
+    path = workdir_path(workdir) / name
+    parent = workdir_path(workdir).parent / name
+    if not path.exists() and workdir_path(workdir).name == BEST_DIR and parent.exists():
+        return parent
+    return path
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict | None:
     """The config a training run saved in ``<workdir>/config.json`` (on top of today's defaults, so
     fields added since then keep their defaults), or None when there is none."""
     from mobiledet_jax import config as config_lib
 
-    path = workdir_path(workdir) / CONFIG_FILE
+    path = _workdir_file(workdir, CONFIG_FILE)
     if not path.exists():
         return None
     base = config_lib.base_config()
-    base.update_from_flattened_dict(_flatten(json.loads(path.read_text())))
+    flat = _flatten(json.loads(path.read_text()))
+    step = flat.get("checkpoint.init_from_step")
+    if isinstance(step, int):  # written before it took "latest" | "best" | N
+        flat["checkpoint.init_from_step"] = str(parse_step(step))
+    base.update_from_flattened_dict(flat)
     return base
+
+
+def write_labels(workdir: str, names) -> epath.Path:
+    """``<workdir>/labels.txt``: the model's class names, one per line (``labels.labels_text``)."""
+    from mobiledet_jax import labels as labels_lib
+
+    path = workdir_path(workdir) / LABELS_FILE
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(labels_lib.labels_text(names))
+    return path
+
+
+def load_labels(workdir: str) -> list[str] | None:
+    """The names of ``<workdir>/labels.txt``, or None when the workdir has no label record."""
+    from mobiledet_jax import labels as labels_lib
+
+    path = _workdir_file(workdir, LABELS_FILE)
+    if not path.exists():
+        return None
+    return labels_lib.parse_labels(path.read_text())
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
-The TF1 reference data lives in ``../shared/reference/tf1`` next to the checkout (read-only in CI).
-``MOBILEDET_SHARED`` overrides that location.
+The TF1 reference data (outputs of the TF1 Object Detection API for the published MobileDet
+configs with seeded random weights) lives in ``tests/reference_data/tf1``; see its README.
 """
 
 import os
@@ -16,38 +16,27 @@ import pytest
 # compile uses libtpu's compile-only topology, which needs no TPU backend.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from tests.helpers import tf1_reference  # noqa: E402  (after JAX_PLATFORMS)
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> pathlib.Path:
-    env = os.environ.get("MOBILEDET_SHARED")
-    return pathlib.Path(env) if env else REPO_ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")
 def tf1_reference_dir() -> pathlib.Path:
-    path = shared_dir() / "reference" / "tf1"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"TF1 reference data not found at {path}; set MOBILEDET_SHARED to the shared/ folder"
-        )
-    return path
+    return tf1_reference.REFERENCE_DIR
 
 
 @pytest.fixture(scope="session")
-def tf1_edgetpu_workdir(tmp_path_factory, tf1_reference_dir) -> pathlib.Path:
-    """The seeded TF1 MobileDet-EdgeTPU checkpoint of make_checkpoint.py (90 classes), imported
-    with ``python -m mobiledet_jax.import_tf1`` into a workdir."""
+def tf1_edgetpu_workdir(tmp_path_factory) -> pathlib.Path:
+    """The seeded TF1 MobileDet-EdgeTPU checkpoint (90 classes, ``models.tf1_seeded_weights``),
+    imported with ``python -m mobiledet_jax.import_tf1`` into a workdir."""
     base = tmp_path_factory.mktemp("tf1_edgetpu")
-    prefix = base / "tf1" / "model.ckpt"
+    prefix = tf1_reference.write_checkpoint("edgetpu", base / "tf1" / "model.ckpt")
     workdir = base / "workdir"
-    for args in (
-        [str(tf1_reference_dir / "make_checkpoint.py"), "--variant", "edgetpu", "--ckpt", str(prefix)],
-        ["-m", "mobiledet_jax.import_tf1", "--model=edgetpu", f"--checkpoint={prefix}",
-         f"--workdir={workdir}"],
-    ):  # fmt: skip
-        result = subprocess.run(
-            [sys.executable, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600
-        )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = subprocess.run(
+        [sys.executable, "-m", "mobiledet_jax.import_tf1", "--model=edgetpu",
+         f"--checkpoint={prefix}", f"--workdir={workdir}"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return workdir

@@ -6,7 +6,8 @@ Public API::
 
     cfg = data.data_config()              # the config.data block; source='synthetic' by default
     train = data.build_train_iterator(cfg, global_batch_size=64, image_size=320, mesh=mesh, seed=0)
-    batch = next(train)                   # dict of global jax.Arrays sharded over mesh['data']
+    batch = next(train)                   # dict of global jax.Arrays sharded over mesh['data'];
+                                          # keys, dtypes, shapes: data.schema
     #   image      float32 [B, H, W, 3] in [-1, 1]
     #   gt_boxes   float32 [B, N, 4]  normalized ymin, xmin, ymax, xmax   (N = cfg.max_boxes)
     #   gt_classes int32   [B, N]     0-based class index; dataset category id = info.category_ids[c]
@@ -25,8 +26,11 @@ Public API::
 
 Sources (``cfg.source``): ``synthetic`` (shapes, generated on first use, no download),
 ``coco_json`` (an instances JSON + image folder, validated and prepared once into TFRecord
-shards) and ``tfds`` (``coco/2017``). ``python -m mobiledet_jax.validate_data`` reports what the
-validation finds in a COCO-format dataset.
+shards), users' data as they hold it (``yolo``: an Ultralytics data.yaml; ``voc``: a Pascal VOC
+folder; ``tfod_tfrecord``: TF OD API records + label_map.pbtxt; see ``formats.py``), read as COCO
+data and validated and prepared the same way, and ``tfds`` (``coco/2017``).
+``python -m mobiledet_jax.validate_data`` reports what the validation finds in a COCO-format
+dataset; ``python -m mobiledet_jax.convert_data`` writes YOLO, VOC or TFRecord data as COCO JSON.
 
 Names are imported lazily, so that ``validate_data`` (PIL and numpy only) starts without loading
 TensorFlow or JAX.
@@ -45,6 +49,9 @@ _EXPORTS = {
     "DataError": f"{__name__}.validate",
     "Report": f"{__name__}.validate",
     "validate_dataset": f"{__name__}.validate",
+    "batch_spec": f"{__name__}.schema",
+    "TRAIN_FIELDS": f"{__name__}.schema",
+    "EVAL_FIELDS": f"{__name__}.schema",
 }
 __all__ = sorted(_EXPORTS)
 

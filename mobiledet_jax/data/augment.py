@@ -1,4 +1,4 @@
-"""Training augmentation with TF Object Detection API semantics (SPEC section 5), graph mode.
+"""Training augmentation with TF Object Detection API semantics (docs/reference/recipe.md), graph mode.
 
 ``random_horizontal_flip`` (p=0.5) followed by ``ssd_random_crop`` with its defaults, as in
 tensorflow/models research/object_detection/core/preprocessor.py:
@@ -126,11 +126,4 @@ def sample(
 def decode_crop_flip(encoded: tf.Tensor, aug: dict) -> tf.Tensor:
     """JPEG bytes -> uint8 [h, w, 3]: decodes only ``aug['crop']``, then applies ``aug['flip']``."""
     image = tf.image.decode_and_crop_jpeg(encoded, aug["crop"], channels=3)
-    return tf.cond(aug["flip"], lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def crop_flip(image: tf.Tensor, aug: dict) -> tf.Tensor:
-    """The same transform on a decoded uint8 [H, W, C] image."""
-    y, x, h, w = tf.unstack(aug["crop"])
-    image = image[y : y + h, x : x + w]
     return tf.cond(aug["flip"], lambda: tf.reverse(image, axis=[1]), lambda: image)

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -52,11 +53,23 @@ def fingerprint(annotations: str | os.PathLike, *, max_boxes: int, label_map: st
     """Identifies a preparation: the annotations file's content and the options."""
     if not pathlib.Path(annotations).is_file():
         raise validate.DataError(f"annotations file not found: {annotations}")
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{max_boxes}|{label_map}|".encode())
+    digest = _options_digest(max_boxes, label_map)
     with open(annotations, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def fingerprint_identity(identity: str, *, max_boxes: int, label_map: str) -> str:
+    """Identifies a preparation of data read from another format: the reader's identity string
+    (its version and the names, sizes and times of the source files) and the options."""
+    digest = _options_digest(max_boxes, label_map)
+    digest.update(b"identity|" + identity.encode())
+    return digest.hexdigest()[:16]
+
+
+def _options_digest(max_boxes: int, label_map: str):
+    return hashlib.sha256(f"v{FORMAT_VERSION}|{max_boxes}|{label_map}|".encode())
 
 
 def load_prepared(directory: str | os.PathLike) -> PreparedSplit:
@@ -95,15 +108,45 @@ def prepare(
 
     Raises ``validate.DataError`` (with the full report) when the data is not usable.
     """
-    output_dir = pathlib.Path(output_dir)
     key = fingerprint(annotations, max_boxes=max_boxes, label_map=label_map)
+    return prepare_data(
+        lambda scratch: validate.read_coco_data(annotations, images),
+        key,
+        output_dir,
+        max_boxes=max_boxes,
+        label_map=label_map,
+        num_shards=num_shards,
+        workers=workers,
+        progress=progress,
+    )
+
+
+def prepare_data(
+    load: Callable[[pathlib.Path], validate.CocoData],
+    key: str,
+    output_dir: str | os.PathLike,
+    *,
+    max_boxes: int = 100,
+    label_map: str = "dataset",
+    num_shards: int = 16,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreparedSplit:
+    """Like :func:`prepare`, for data that ``load(scratch)`` reads (only when ``output_dir`` does
+    not hold ``key``'s split yet). ``scratch`` is an empty folder for files the reader must write
+    (the images inside TFRecords), deleted once the shards are written."""
+    output_dir = pathlib.Path(output_dir)
     if (output_dir / METADATA).is_file():
         return _check_reuse(output_dir, key)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write(annotations, images, tmp, key, max_boxes, label_map, num_shards, workers, progress)
+        scratch = tmp / "scratch"
+        scratch.mkdir()
+        data = load(scratch)
+        _write(data, tmp, key, max_boxes, label_map, num_shards, workers, progress)
+        shutil.rmtree(scratch)
         try:
             os.rename(tmp, output_dir)
         except OSError:
@@ -125,20 +168,17 @@ def _check_reuse(output_dir: pathlib.Path, key: str) -> PreparedSplit:
     return split
 
 
-def _write(annotations, images, out, key, max_boxes, label_map, num_shards, workers, progress):
-    report = validate.Report(annotations=str(annotations), images=str(images))
-    coco = validate.read_coco(annotations)
+def _write(data, out, key, max_boxes, label_map, num_shards, workers, progress):
+    coco, report = data.coco, data.report
     labels = validate.build_label_map(coco["categories"], label_map)
-    if not pathlib.Path(images).is_dir():
-        raise validate.DataError(f"image folder not found: {images}")
     num_shards = max(1, min(num_shards, len(coco["images"])))
     names = [f"records-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(str(out / name)) for name in names]
     sizes = [0] * num_shards
     gt_images, gt_annotations = [], []
-    meter = _Progress(f"prepare {annotations}", len(coco["images"]), enabled=progress)
+    meter = _Progress(f"prepare {report.annotations}", len(coco["images"]), enabled=progress)
     clean = validate.iter_clean_images(
-        coco, images, labels, report, max_boxes=max_boxes, workers=workers
+        coco, data.images, labels, report, max_boxes=max_boxes, workers=workers
     )
     for n, image in enumerate(clean):
         shard = n % num_shards

@@ -1,4 +1,4 @@
-"""Per-process tf.data pipelines: decode, augment, resize, scale, pad (SPEC sections 1 and 5).
+"""Per-process tf.data pipelines: decode, augment, resize, scale, pad (docs/reference/recipe.md).
 
 Training examples: crowd boxes removed, then ``augment.sample`` (flip + ssd_random_crop), only the
 crop window decoded, resized to the model size with bilinear interpolation (TF1

@@ -1,5 +1,8 @@
 """Opens a split of the configured source as standard example dicts (see ``records.py``).
 
+COCO JSON, the synthetic set and users' YOLO, VOC and TF OD API data (``formats.py``) are validated
+and prepared once into TFRecord shards (``coco_source.py``); TFDS is read as it is.
+
 A source serves disjoint parts ("data shards") of a split: ``dataset(shard_index, num_shards)``.
 Processes that must feed the same rows of the global batch (model-parallel replicas) use the same
 shard index; all others read disjoint files.
@@ -15,7 +18,7 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from mobiledet_jax.config import LABEL_MAPS, SOURCES
-from mobiledet_jax.data import coco_source, records, synthetic, tfds_source, validate
+from mobiledet_jax.data import coco_source, formats, records, synthetic, tfds_source, validate
 
 SPLITS = ("train", "val")
 
@@ -135,6 +138,8 @@ def open_split(data_config, split: str):
 
 def _prepare(data_config, split: str) -> coco_source.PreparedSplit:
     cache = pathlib.Path(data_config.cache_dir or synthetic.default_cache_dir())
+    if data_config.source in formats.FORMATS:
+        return formats.prepare_split(data_config, split, cache)
     if data_config.source == "synthetic":
         s = data_config.synthetic
         coco = synthetic.ensure_synthetic(cache, s.num_train, s.num_val, s.seed)[split]

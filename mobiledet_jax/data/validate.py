@@ -1,7 +1,7 @@
 """Validation and repair of COCO-format detection data, in Python with PIL, before any tf.data.
 
 Every problem is handled (the image skipped or converted, the box dropped, clipped or truncated)
-and counted under a named reason in a :class:`Report`, so bad data never kills a run and is never
+and counted under a named reason in a ``problems.Report``, so bad data never kills a run and is never
 lost silently. :func:`iter_clean_images` yields the images that survive, ready to be written as
 records; ``python -m mobiledet_jax.validate_data`` prints the report.
 
@@ -22,125 +22,10 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-# reason -> (action, description). Actions: skipped (image), dropped (annotation), repaired,
-# truncated, kept (informational).
-REASONS = {
-    "malformed_image_entry": ("skipped", "image entry without an integer id or a file_name"),
-    "duplicate_image_id": ("skipped", "image id listed twice (later entries skipped)"),
-    "missing_image_file": ("skipped", "image file not found"),
-    "corrupt_image": ("skipped", "image cannot be decoded (corrupt or truncated file)"),
-    "converted_non_jpeg": ("repaired", "PNG or other non-JPEG file re-encoded as RGB JPEG"),
-    "converted_grayscale": ("repaired", "grayscale image converted to RGB"),
-    "converted_cmyk": ("repaired", "CMYK image converted to RGB"),
-    "converted_other_mode": ("repaired", "palette/alpha/other colour mode converted to RGB"),
-    "image_size_mismatch": ("repaired", "JSON height/width differ from the file (file used)"),
-    "image_without_annotations": ("kept", "no training boxes: kept as a negative example"),
-    "image_over_max_boxes": ("truncated", "more than max_boxes training boxes"),
-    "boxes_truncated": ("truncated", "training boxes beyond max_boxes (kept for evaluation)"),
-    "unknown_category": ("dropped", "annotation category_id not in the categories/label map"),
-    "unknown_image_id": ("dropped", "annotation image_id not in images"),
-    "annotation_of_skipped_image": ("dropped", "annotation of a skipped image"),
-    "malformed_box": ("dropped", "bbox missing, not 4 numbers, or not finite"),
-    "zero_area_box": ("dropped", "bbox width or height is 0"),
-    "inverted_box": ("dropped", "bbox width or height is negative"),
-    "box_outside_image": ("dropped", "bbox entirely outside the image"),
-    "box_clipped": ("repaired", "bbox crosses the image border (clipped)"),
-    "annotation_id_reassigned": ("repaired", "annotation id missing or duplicated (new id)"),
-    "crowd_box": ("kept", "iscrowd=1: kept for evaluation, not a training target"),
-}
-MAX_EXAMPLES = 5  # offending ids listed per reason
+# The reasons and the Report live in problems.py; imported here for this module's callers.
+from mobiledet_jax.data.problems import MAX_EXAMPLES, REASONS, DataError, Report  # noqa: F401
+
 MAX_IMAGE_ID = 2**31 - 1  # image ids travel to the device as int32
-
-
-class DataError(ValueError):
-    """The dataset cannot be used (unreadable JSON, no categories, nothing usable left, ...)."""
-
-    def __init__(self, message: str, report: "Report | None" = None):
-        super().__init__(message)
-        self.report = report
-
-
-@dataclasses.dataclass
-class Report:
-    """Counts of what was found, kept, repaired and dropped, by reason."""
-
-    annotations: str = ""
-    images: str = ""
-    num_images: int = 0  # entries in the JSON
-    num_annotations: int = 0
-    num_usable_images: int = 0
-    num_training_boxes: int = 0  # non-crowd boxes kept (before max_boxes truncation)
-    num_eval_boxes: int = 0  # boxes in the cleaned ground truth, crowd included
-    counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    examples: dict = dataclasses.field(default_factory=dict)
-    fatal: list = dataclasses.field(default_factory=list)
-
-    def add(self, reason: str, example=None, n: int = 1) -> None:
-        if reason not in REASONS:
-            raise KeyError(f"unknown reason {reason!r}")
-        self.counts[reason] += n
-        listed = self.examples.setdefault(reason, [])
-        if example is not None and len(listed) < MAX_EXAMPLES:
-            listed.append(example)
-
-    @property
-    def usable(self) -> bool:
-        return not self.fatal and self.num_usable_images > 0 and self.num_training_boxes > 0
-
-    def to_dict(self) -> dict:
-        return {
-            "usable": self.usable,
-            "annotations": self.annotations,
-            "images": self.images,
-            "num_images": self.num_images,
-            "num_annotations": self.num_annotations,
-            "num_usable_images": self.num_usable_images,
-            "num_training_boxes": self.num_training_boxes,
-            "num_eval_boxes": self.num_eval_boxes,
-            "fatal": list(self.fatal),
-            "counts": {r: self.counts[r] for r in REASONS if self.counts[r]},
-            "examples": {r: self.examples[r] for r in REASONS if self.examples.get(r)},
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Report":
-        fields = {
-            k: d[k]
-            for k in (
-                "annotations",
-                "images",
-                "num_images",
-                "num_annotations",
-                "num_usable_images",
-                "num_training_boxes",
-                "num_eval_boxes",
-            )
-        }
-        report = cls(**fields, fatal=list(d["fatal"]), examples=dict(d["examples"]))
-        report.counts.update(d["counts"])
-        return report
-
-    def format(self) -> str:
-        """Human-readable report, one line per reason found."""
-        lines = [
-            f"annotations: {self.annotations}",
-            f"images:      {self.images}",
-            f"images: {self.num_usable_images} usable of {self.num_images}; "
-            f"annotations: {self.num_annotations}; training boxes: {self.num_training_boxes}; "
-            f"evaluation boxes: {self.num_eval_boxes}",
-        ]
-        for reason, (action, text) in REASONS.items():
-            if self.counts[reason]:
-                ids = self.examples.get(reason)
-                suffix = f"  e.g. {ids}" if ids else ""
-                lines.append(f"  {action:9s} {self.counts[reason]:7d}  {reason}: {text}{suffix}")
-        lines += [f"FATAL: {message}" for message in self.fatal]
-        if not self.fatal and not self.num_usable_images:
-            lines.append("NOT USABLE: no image survived validation")
-        elif not self.fatal and not self.num_training_boxes:
-            lines.append("NOT USABLE: no training box survived validation")
-        lines.append("usable: yes" if self.usable else "usable: NO")
-        return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,8 +204,8 @@ def iter_clean_images(
     Images are decoded on a thread pool (PIL releases the GIL while decoding).
     """
     images_dir = pathlib.Path(images_dir)
-    report.num_images = len(coco["images"])
-    report.num_annotations = len(coco["annotations"])
+    report.num_images += len(coco["images"])  # += : a reader may have counted skipped ones
+    report.num_annotations += len(coco["annotations"])
     images, by_image = index_coco(coco, label_map, report)
     class_of = label_map.class_of()
     used_ann_ids = set()
@@ -375,6 +260,43 @@ def assign_missing_ids(annotations: list) -> None:
             ann["id"], next_id = next_id, next_id + 1
 
 
+@dataclasses.dataclass
+class CocoData:
+    """COCO-format data in memory: the instances dict, the folder its ``file_name`` entries are
+    relative to (absolute names are used as they are), and the report to fill, which a reader of
+    another format (``yolo_source``, ``voc_source``, ``tfod_source``) hands over holding what it
+    found while reading (``report.annotations`` names the source)."""
+
+    coco: dict
+    images: pathlib.Path
+    report: Report
+
+
+def read_coco_data(annotations: str | os.PathLike, images: str | os.PathLike) -> CocoData:
+    """An instances JSON and its image folder as :class:`CocoData` (raises DataError)."""
+    coco = read_coco(annotations)
+    if not pathlib.Path(images).is_dir():
+        raise DataError(f"image folder not found: {images}")
+    return CocoData(coco, pathlib.Path(images), Report(str(annotations), str(images)))
+
+
+def validate_coco(
+    data: CocoData, *, max_boxes: int = 100, label_map: str = "dataset", workers: int | None = None
+) -> Report:
+    """Checks COCO-format data without writing anything; returns ``data.report``, filled."""
+    try:
+        labels = build_label_map(data.coco["categories"], label_map)
+    except DataError as e:
+        data.report.fatal.append(str(e))
+        return data.report
+    clean = iter_clean_images(
+        data.coco, data.images, labels, data.report, max_boxes=max_boxes, workers=workers
+    )
+    for _ in clean:
+        pass
+    return data.report
+
+
 def validate_dataset(
     annotations: str | os.PathLike,
     images: str | os.PathLike,
@@ -383,20 +305,12 @@ def validate_dataset(
     label_map: str = "dataset",
     workers: int | None = None,
 ) -> Report:
-    """Checks a whole dataset without writing anything; returns the report."""
-    report = Report(annotations=str(annotations), images=str(images))
+    """Checks an instances JSON and its image folder without writing anything; returns the report."""
     try:
-        coco = read_coco(annotations)
-        labels = build_label_map(coco["categories"], label_map)
+        data = read_coco_data(annotations, images)
     except DataError as e:
-        report.fatal.append(str(e))
-        return report
-    if not pathlib.Path(images).is_dir():
-        report.fatal.append(f"image folder not found: {images}")
-        return report
-    for _ in iter_clean_images(coco, images, labels, report, max_boxes=max_boxes, workers=workers):
-        pass
-    return report
+        return Report(annotations=str(annotations), images=str(images), fatal=[str(e)])
+    return validate_coco(data, max_boxes=max_boxes, label_map=label_map, workers=workers)
 
 
 def _ordered_map(fn, items: list, workers: int, window_per_worker: int = 4):

@@ -1,4 +1,4 @@
-"""Detection math as pure, jit-able JAX functions with static shapes (SPEC section 4).
+"""Detection math as pure, jit-able JAX functions with static shapes (docs/reference/head_and_anchors.md).
 
 Boxes are normalized ``[ymin, xmin, ymax, xmax]`` everywhere. One concept per module:
 

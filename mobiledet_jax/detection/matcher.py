@@ -7,8 +7,8 @@ Force-match conflicts: with ``force_match_for_each_row`` every valid row claims 
 (``argmax`` over the row, so the lowest anchor index among ties). When several rows claim the same
 column, TF resolves it with ``argmax`` over a one-hot ``[rows, columns]`` indicator, i.e. the
 **lowest row index wins**; the other rows lose that forced match (they may end with no anchor at
-all). This module does exactly that (checked in tests/test_matcher.py). Note that a valid row whose
-IoU is 0 with every anchor is still force-matched, to anchor 0, as in TF.
+all). This module does exactly that (checked in tests/detection/test_matcher.py). Note that a
+valid row whose IoU is 0 with every anchor is still force-matched, to anchor 0, as in TF.
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ class CocoEvaluator:
     ``compute`` returns the 12 standard numbers under ``METRIC_NAMES`` plus per-class AP (IoU
     0.50:0.95, all areas, 100 detections) under ``"AP_per_class/<name>"``; NaN for a class without
     ground truth. Crowd boxes (``gt_is_crowd``) are handled by pycocotools: detections matching
-    them are ignored, they never count as misses.
+    them are ignored, they never count as misses. After ``compute``, ``last_eval`` keeps the
+    ``COCOeval`` object (its ``eval["precision"]`` ``[T, R, K, A, M]`` and ``evalImgs``), which
+    ``evaluation.curves`` turns into PR and F1 curves without scoring anything twice.
     """
 
     def __init__(
@@ -99,6 +101,18 @@ class CocoEvaluator:
     @property
     def num_images(self) -> int:
         return len(self._images)
+
+    @property
+    def annotations(self) -> list[dict]:
+        """The ground truth added so far, as COCO annotation dicts (absolute ``bbox`` xywh,
+        ``category_id``, ``iscrowd``); read-only by convention (``evaluation.confusion``)."""
+        return self._gt
+
+    @property
+    def detections(self) -> list[dict]:
+        """The detections added so far, as COCO result dicts (``bbox``, ``score``,
+        ``category_id``)."""
+        return self._dt
 
     def add_batch(
         self,

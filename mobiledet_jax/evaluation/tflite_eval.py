@@ -13,18 +13,10 @@ import ml_collections
 from mobiledet_jax import data
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.detection import postprocess
-from mobiledet_jax.evaluation.evaluator import run_coco_evaluation
+from mobiledet_jax.evaluation.evaluator import EvalResult, run_evaluation
 from mobiledet_jax.models import input_size
 from mobiledet_jax.sharding import host_mesh
 from mobiledet_jax.tflite import runtime
-
-
-def tflite_num_classes(model: runtime.TFLiteModel) -> int:
-    """Foreground classes of a ``runtime.TFLiteModel`` (its logits or scores width - 1)."""
-    for d in model.interpreter.get_tensor_details():
-        if d["name"] in ("class_logits", "class_scores") and len(d["shape"]) == 3:
-            return int(d["shape"][-1]) - 1
-    raise ValueError("the file has no class_logits/class_scores tensor")
 
 
 def evaluate_tflite(
@@ -39,6 +31,19 @@ def evaluate_tflite(
     one is built. Raises ValueError when the file is not a detector export, its input size is not
     ``config.model``'s, or its classes are not the split's.
     """
+    return evaluate_tflite_result(config, tflite, max_batches, eval_iterable, num_samples=0).metrics
+
+
+def evaluate_tflite_result(
+    config: ml_collections.ConfigDict,
+    tflite: str | bytes,
+    max_batches: int | None = None,
+    eval_iterable=None,
+    num_samples: int | None = None,
+) -> EvalResult:
+    """``evaluate_tflite`` with the whole ``EvalResult`` (for curves, confusion matrix and sample
+    images); ``num_samples`` defaults to ``config.eval.num_sample_images`` when
+    ``config.eval.figures``, else 0."""
     model = runtime.TFLiteModel(tflite, num_threads=min(4, os.cpu_count() or 1))
     if model.kind == "scores":
         raise ValueError(
@@ -61,7 +66,7 @@ def evaluate_tflite(
             split=config.eval.split,
             pixels=True,
         )
-    num_classes = tflite_num_classes(model)
+    num_classes = model.num_classes
     if num_classes != eval_iterable.info.num_classes:
         raise ValueError(
             f"the file has {num_classes} classes, split {config.eval.split!r} has "
@@ -73,4 +78,8 @@ def evaluate_tflite(
     nms = postprocess.NmsSettings.from_config(config.detection.nms)
     max_batches = config.eval.max_batches if max_batches is None else max_batches
     detect = runtime.tflite_detect_fn(model, anchors, nms)
-    return run_coco_evaluation(detect, eval_iterable, eval_iterable.info, max_batches)
+    if num_samples is None:
+        num_samples = config.eval.num_sample_images if config.eval.figures else 0
+    return run_evaluation(
+        detect, eval_iterable, eval_iterable.info, max_batches, num_samples=num_samples, pixels=True
+    )

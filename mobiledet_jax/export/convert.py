@@ -1,7 +1,7 @@
 """JAX/Flax SSDLite -> TFLite: jax2tf (native serialization) -> SavedModel -> TFLiteConverter.
 
 The exported graph takes ``images`` ``[1, H, W, 3]`` RGB pixels in [0, 255] (uint8 by default) and
-does the SPEC normalization ``float32(2/255) * x - 1`` inside the graph. BatchNorm (inference mode,
+does ``float32(2/255) * x - 1`` (docs/reference/recipe.md) inside the graph. BatchNorm (inference mode,
 moving statistics) is folded by the converter into the preceding convolution, so every conv becomes
 one CONV_2D / DEPTHWISE_CONV_2D with its ReLU6 fused (``check_fused`` verifies that on the result).
 
@@ -15,7 +15,7 @@ Outputs (``head``):
 Formats: ``float32``; ``float16`` (weights stored as float16, computed in float32 on CPU, in float16
 on GPU delegates); ``int8``: full-integer post-training quantization (per-channel int8 weights, int8
 activations calibrated on a representative dataset, uint8 input and uint8 outputs). Facts measured
-on this package set are in ``shared/EXPORT_NOTES.md``.
+on this package set are in ``docs/reference/export_findings.md``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import jax
 import numpy as np
 
 from mobiledet_jax.models import preprocess
-from mobiledet_jax.tflite import flatbuffer
+from mobiledet_jax.tflite import flatbuffer, io_names
 
 FORMATS = ("float32", "float16", "int8")
-INPUT_NAME = "images"
-HEADS = {"logits": ("box_encodings", "class_logits"), "scores": ("box_encodings", "class_scores")}
+INPUT_NAME = io_names.INPUT
+HEADS = io_names.HEADS
 # Ops that a MobileDet export may contain besides convolutions; anything else (TRANSPOSE, PAD,
 # Flex, XlaCallModule, STABLEHLO_*) means the lowering went wrong.
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")

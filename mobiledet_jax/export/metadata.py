@@ -13,7 +13,7 @@ the mediapipe package, which would load its native library).
 What is written:
 
 - input ``image``: ``ImageProperties`` (RGB), ``NormalizationOptions`` mean 127.5, std 127.5
-  (``(x - 127.5) / 127.5 = 2/255 x - 1``, the SPEC normalization that the graph itself applies to
+  (``(x - 127.5) / 127.5 = 2/255 x - 1``, the docs/reference/recipe.md normalization that the graph applies to
   the uint8 pixels), stats [0, 255];
 - post-processed outputs (by tensor index order: location, category, score, number of
   detections): ``BoundingBoxProperties`` (index [1, 0, 3, 2] = ymin, xmin, ymax, xmax;
@@ -35,10 +35,10 @@ from collections.abc import Sequence
 import flatbuffers
 
 from mobiledet_jax.pixels import NORM_MEAN, NORM_STD
-from mobiledet_jax.tflite import flatbuffer
+from mobiledet_jax.tflite import flatbuffer, io_names
 
 METADATA_NAME = "TFLITE_METADATA"
-LABEL_FILE = "labelmap.txt"
+LABEL_FILE = io_names.LABEL_FILE
 # Oldest parser that reads what we write: output tensor groups (1.2.0); no newer feature is used.
 MIN_PARSER_VERSION = "1.2.0"
 
@@ -213,8 +213,4 @@ def read(tflite: bytes) -> tuple[object, dict[str, str]]:
         raise ValueError("the model has no TFLITE_METADATA")
     data = bytes(model.buffers[entry.buffer].data)
     meta = s.ModelMetadataT.InitFromObj(s.ModelMetadata.GetRootAsModelMetadata(data, 0))
-    files = {}
-    with zipfile.ZipFile(io.BytesIO(tflite)) as zf:
-        for n in zf.namelist():
-            files[n] = zf.read(n).decode()
-    return meta, files
+    return meta, flatbuffer.associated_files(tflite)

@@ -34,11 +34,11 @@ from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
 
 from mobiledet_jax.detection import box_coder, postprocess
-from mobiledet_jax.tflite import flatbuffer
+from mobiledet_jax.tflite import flatbuffer, io_names
 
 OP_NAME = "TFLite_Detection_PostProcess"
-OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
-INPUT_NAMES = ("box_encodings", "class_scores")
+OUTPUT_NAMES = io_names.POSTPROCESSED_OUTPUTS
+INPUT_NAMES = io_names.SCORE_OUTPUTS
 
 
 @dataclasses.dataclass(frozen=True)

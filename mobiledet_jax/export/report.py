@@ -1,8 +1,10 @@
 """The export report: one JSON (machine-readable) and one markdown file beside every .tflite.
 
 ``<file>.report.json`` holds everything; ``<file>.report.md`` is the same for people: model and
-checkpoint, file and sizes, op counts (with fused activations), the preflight table, parity of the
-raw outputs against JAX, COCO mAP of the TFLite model vs the JAX model, latency.
+checkpoint, file and sizes, where the label names and the int8 calibration images came from, op
+counts (with fused activations), the preflight table, parity of the raw outputs against JAX, COCO
+mAP of the TFLite model vs the JAX model with the file's best-F1 score thresholds (overall and per
+class), latency, the bundle files and how to run the file (pycoral, MediaPipe, Frigate).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mobiledet_jax.export import bundle as bundle_lib
 from mobiledet_jax.tflite import flatbuffer
 
 
@@ -53,6 +56,9 @@ def assemble(
     coco: dict | None,
     latency: dict | None,
     timing: dict,
+    labels: dict | None = None,
+    calibration: dict | None = None,
+    bundle: dict | None = None,
 ) -> dict[str, Any]:
     """The report of one export as a JSON-able dict (``write`` stores it)."""
     inputs, outputs = flatbuffer.io_tensors(final)
@@ -88,6 +94,9 @@ def assemble(
             "output_tensors": [_tensor_dict(t) for t in outputs],
             "anchors_file": str(anchors_file) if anchors_file else None,
         },
+        "labels": labels,  # {"source", "names"}: the metadata's and the labels file's names
+        "calibration": calibration,  # int8: {"source", "kind", "images", ...}; None for floats
+        "bundle": bundle or None,  # post-processed: {"labels_file", "frigate_file"}
         "ops": {
             "counts": flatbuffer.op_counts(final),
             "fused": fused["conv_activations"],
@@ -97,7 +106,7 @@ def assemble(
         "preflight": preflight,
         "parity": {
             "images": parity["images"],
-            "source": opts.eval_split,
+            "source": parity.get("source", opts.eval_split),
             "outputs": parity["outputs"],
             "note": "outputs before post-processing; class_scores = sigmoid(class_logits)"
             if parity["head"] == "scores"
@@ -185,6 +194,7 @@ def markdown(r: dict[str, Any]) -> str:
         "## Ops",
         "",
     ]
+    lines[-3:-3] = _inputs_lines(r)
     ops = r["ops"]
     lines += _table(["op", "count"], [[k, v] for k, v in ops["counts"].items()])
     lines += ["", f"Total {ops['total']}; fused activations: {ops['fused']}", ""]
@@ -213,6 +223,7 @@ def markdown(r: dict[str, Any]) -> str:
             rows = [[name, *(coco[name].get(k) for k in keys)] for name in ("jax", "tflite")]
             lines += _table(["model", *keys], rows)
             lines += ["", f"TFLite - JAX AP: {_fmt(coco['ap_drop'])}", ""]
+            lines += _threshold_lines(coco.get("best_f1"))
     lat = r.get("latency")
     if lat:
         lines += [
@@ -223,4 +234,45 @@ def markdown(r: dict[str, Any]) -> str:
             f"({'XNNPACK' if lat['xnnpack'] else 'builtin kernels'}) on {lat['machine']}",
             "",
         ]
+    if r.get("bundle"):
+        b = r["bundle"]
+        lines += ["## Bundle", "", f"- labels: `{b['labels_file']}` (one name per line)"]
+        lines += [f"- Frigate: `{b['frigate_file']}` (detector and model blocks)", ""]
+    lines += bundle_lib.usage(r)
     return "\n".join(lines)
+
+
+def _inputs_lines(r: dict[str, Any]) -> list[str]:
+    """The report lines on where the label names and the calibration images came from."""
+    lines = []
+    lab = r.get("labels")
+    if lab:
+        names = lab["names"]
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} names)" if len(names) > 8 else "")
+        lines.append(f"- labels from {lab['source']}: {shown}")
+    cal = r.get("calibration")
+    if cal:
+        count = f"{cal['images']} images" if "images" in cal else "no images"
+        extra = f" of {cal['found']} found" if cal.get("found", 0) > cal.get("images", 0) else ""
+        skipped = f"; skipped unreadable: {cal['skipped']}" if cal.get("skipped") else ""
+        lines.append(f"- int8 calibration: {count}{extra} from {cal['source']}{skipped}")
+    return lines
+
+
+def _threshold_lines(best: dict | None, max_classes: int = 30) -> list[str]:
+    """The best-F1 score thresholds at IoU 0.5 (what Coral and Frigate users set)."""
+    if not best:
+        return []
+    o = best["overall"]
+    lines = [
+        "### Score threshold (best F1 at IoU 0.5, TFLite file)",
+        "",
+        f"All classes: **{o['threshold']:.3f}** (F1 {o['f1']:.3f}, precision "
+        f"{o['precision']:.3f}, recall {o['recall']:.3f})",
+        "",
+    ]
+    rows = [[n, b["threshold"], b["f1"], b["precision"], b["recall"]]
+            for n, b in list(best["per_class"].items())[:max_classes]]  # fmt: skip
+    if rows:
+        lines += _table(["class", "threshold", "F1", "precision", "recall"], rows) + [""]
+    return lines

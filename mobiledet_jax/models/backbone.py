@@ -1,7 +1,6 @@
 """A backbone built from a ``BackboneSpec`` table, returning its named endpoints (C1..C5)."""
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -60,7 +59,7 @@ class ResolvedBlock:
 def resolve_blocks(
     spec: specs.BackboneSpec, width_multiplier: float = 1.0, in_channels: int = 3
 ) -> list[ResolvedBlock]:
-    """Decode the table: scope names, and the exact widths of every block (SPEC section 1).
+    """Decode the table: scope names, and the exact widths of every block (docs/reference/architectures.md).
 
     Under ``residual_rule="slim"`` each resolved block's ``spec`` carries the residual flag slim's
     ``expanded_conv`` decides (stride 1 and equal input and output widths).
@@ -112,11 +111,6 @@ def endpoint_widths(spec: specs.BackboneSpec, width_multiplier: float = 1.0) -> 
         if b.spec.expansion_endpoint:
             widths[b.spec.expansion_endpoint] = b.inner if b.inner else b.cin
     return widths
-
-
-def same_output_size(size: int, stride: int) -> int:
-    """Spatial output size of a TF "SAME" conv."""
-    return math.ceil(size / stride)
 
 
 class Backbone(nn.Module):

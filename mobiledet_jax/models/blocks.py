@@ -1,4 +1,4 @@
-"""The block zoo: IBN (with and without expansion), Fused IBN and Tucker (SPEC section 1).
+"""The block zoo: IBN (with and without expansion), Fused IBN and Tucker (docs/reference/architectures.md).
 
 Each block is bias-free convs + BatchNorm; the projection is linear; the residual is the explicit flag
 of the layer table (an identity add with no activation after it). Inner layer names follow the naming

@@ -24,7 +24,7 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 # TF1 He-normal (variance_scaling scale 2, fan_in, truncated normal). JAX's truncated normal divides
-# the stddev by 0.87962566103423978 exactly like TF1, so the spec's stddev sqrt(2/fan_in)/0.8796 holds
+# the stddev by 0.87962566103423978 like TF1, so docs/reference/architectures.md's sqrt(2/fan_in)/0.8796 holds
 # for regular kernels (fan_in = kh*kw*in) and depthwise kernels (fan_in = kh*kw).
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
@@ -39,7 +39,7 @@ def truncated_normal(stddev: float) -> Initializer:
 
 
 def round8(x: float) -> int:
-    """The spec's width rounding: round half up to a multiple of 8, with a floor of 8."""
+    """Width rounding (docs/reference/architectures.md): round half up to a multiple of 8, floor of 8."""
     return max(8, int(8 * math.floor(x / 8 + 0.5)))
 
 
@@ -72,8 +72,8 @@ class NormConfig:
     epsilon: float
 
 
-BACKBONE_NORM = NormConfig(momentum=0.99, epsilon=0.01)  # SPEC 1: set in extract_features
-HEAD_NORM = NormConfig(momentum=0.97, epsilon=0.001)  # SPEC 3: extra layers and box predictor
+BACKBONE_NORM = NormConfig(momentum=0.99, epsilon=0.01)  # docs/reference/architectures.md
+HEAD_NORM = NormConfig(momentum=0.97, epsilon=0.001)  # docs/reference/head_and_anchors.md
 
 
 def conv2d(x: Array, kernel: Array, stride: int, groups: int = 1) -> Array:

@@ -1,4 +1,4 @@
-"""Quantization-aware training with qwix's ODML providers, and the fully-int8 TFLite of the result.
+"""Quantization-aware training with qwix's ODML providers: the fake-quantized (int8) model.
 
 Training builds ``qat_model`` into its step (``config.train.qat``); ``export.qat_convert`` turns
 the trained model into the int8 file. The fake quantization follows TFLite's int8 scheme: per-channel symmetric int8 weights,
@@ -18,7 +18,7 @@ What makes MobileDet go through (qwix 0.1.8, litert-converter 0.5.0):
 1. our convolutions call ``lax.conv_general_dilated`` with string dimension numbers, which qwix's
    conv handler does not parse: ``_Conv`` normalizes them first;
 2. ``jax.nn.hard_swish`` (MobileDet-CPU) is registered as one quantized op, so the converter emits
-   one int8 HARD_SWISH instead of a float island (EXPORT_NOTES fix 1);
+   one int8 HARD_SWISH instead of a float island (docs/reference/export_findings.md, fix 1);
 3. ``jax.nn.sigmoid`` (SE gates) is registered with TFLite LOGISTIC's fixed output range
    [0, 255/256] (fix 3). The ``scores`` head's sigmoid comes after the model (outside qwix's
    interception), so ``convert`` appends it to the int8 logits as an int8 LOGISTIC in the

@@ -1,4 +1,4 @@
-"""Backbone architectures as data: the layer tables of SPEC section 2 decoded into dataclasses.
+"""Backbone architectures as data: the layer tables of docs/reference/architectures.md as dataclasses.
 
 A backbone is a ``BackboneSpec``: a tuple of ``BlockSpec`` rows plus family-wide settings. Variants are
 rows, not code; ``blocks.py`` holds the one implementation of each block type and ``backbone.py`` walks

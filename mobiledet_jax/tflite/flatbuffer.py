@@ -154,17 +154,6 @@ def _tensor_map(name: str, index: int) -> schema.TensorMapT:
     return m
 
 
-def reorder_outputs(model: schema.ModelT, names: Sequence[str]) -> schema.ModelT:
-    """Puts subgraph 0's outputs in the order of ``names`` (matched against tensor names)."""
-    sg = model.subgraphs[0]
-    by_name = {sg.tensors[i].name.decode(): int(i) for i in sg.outputs}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise ValueError(f"outputs {missing} not among {sorted(by_name)}")
-    sg.outputs = [by_name[n] for n in names]
-    return model
-
-
 def quantization(model_bytes: bytes, tensor_name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(scales, zero points) of a named tensor, None if float."""
     model = read(model_bytes)
@@ -183,3 +172,15 @@ def read_input_name(model: schema.ModelT) -> str:
     if len(sg.inputs) != 1:
         raise ValueError(f"expected one input, the model has {len(sg.inputs)}")
     return sg.tensors[sg.inputs[0]].name.decode()
+
+
+def associated_files(model_bytes: bytes) -> dict[str, str]:
+    """``{name: text}`` of the files zipped after the flatbuffer (TFLite metadata's associated
+    files, e.g. ``io_names.LABEL_FILE``); empty when there are none."""
+    import io
+    import zipfile
+
+    if not zipfile.is_zipfile(io.BytesIO(model_bytes)):
+        return {}
+    with zipfile.ZipFile(io.BytesIO(model_bytes)) as zf:
+        return {n: zf.read(n).decode() for n in zf.namelist()}

@@ -4,6 +4,7 @@
 file does: RGB pixels ``[B, H, W, 3]`` in [0, 255] (``build_eval_iterator(..., pixels=True)``);
 they are rounded for uint8 inputs, and quantized outputs are dequantized.
 
+- ``model.num_classes``: foreground classes (from the class tensor's width).
 - ``model.raw(pixels)`` returns ``(box_encodings [B, A, 4], class_logits [B, A, C + 1])`` float32.
 - ``model.detect(pixels)`` returns ``detection.postprocess.Detections`` for either kind of export:
   raw files through our JAX post-processing, post-processed files from the op's outputs (boxes
@@ -19,10 +20,11 @@ import time
 import numpy as np
 
 from mobiledet_jax.detection import postprocess
+from mobiledet_jax.tflite import io_names
 
-RAW_NAMES = ("box_encodings", "class_logits")
-SCORE_NAMES = ("box_encodings", "class_scores")
-POST_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+RAW_NAMES = io_names.RAW_OUTPUTS
+SCORE_NAMES = io_names.SCORE_OUTPUTS
+POST_NAMES = io_names.POSTPROCESSED_OUTPUTS
 
 
 def _interpreter(model: str | bytes, num_threads: int = 1, xnnpack: bool = True):
@@ -63,6 +65,15 @@ class TFLiteModel:
     @property
     def input_dtype(self) -> np.dtype:
         return np.dtype(self._input["dtype"])
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes: the width - 1 of the class logits or scores (in a post-processed
+        file, the tensor the op reads)."""
+        for d in self.interpreter.get_tensor_details():
+            if d["name"] in (RAW_NAMES[1], SCORE_NAMES[1]) and len(d["shape"]) == 3:
+                return int(d["shape"][-1]) - 1
+        raise ValueError("the file has no class_logits/class_scores tensor")
 
     def invoke(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """One image ``[1, H, W, 3]`` of pixels in [0, 255] -> every output, dequantized float32."""

@@ -20,10 +20,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mobiledet_jax.training.state import TrainState
-from mobiledet_jax.workdir import CHECKPOINT_DIR, workdir_path
+from mobiledet_jax.workdir import BEST_DIR, CHECKPOINT_DIR, workdir_path
 
 INPUT_STATE_DIR = "input_state"
-BEST_DIR = "best"
 
 
 class TrainCheckpointer:

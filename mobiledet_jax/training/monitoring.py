@@ -7,9 +7,14 @@ with the log window, before every checkpoint save and before every evaluation (t
 the host reads the state anyway). The first bad step in the window is the one named; since no
 save happens without a check, the last checkpoint always holds finite values.
 ``config.train.nan_check_every = N > 0`` also checks every N steps (each check syncs).
+
+``write_eval_figures`` draws an evaluation's pictures (``evaluation.visual_report``) after it ran:
+TensorBoard images and PR curves every time, the ``eval_<step>/`` folder after the final one.
+Pictures never stop a run: any failure to draw or write them is a logged warning.
 """
 
 import json
+import logging
 
 import jax
 import numpy as np
@@ -37,6 +42,23 @@ class MetricsLog:
 
     def flush(self):
         self.writer.flush()
+
+
+def write_eval_figures(log: MetricsLog, step: int, result, config, final_dir=None) -> None:
+    """TensorBoard figures of an evaluation ``result`` (an ``EvalResult``, or None: nothing to
+    draw), and with ``final_dir`` its folder of PNGs and ``metrics.json``; process 0 only, when
+    ``config.eval.figures``. A failure is a warning, never an error of the training run."""
+    if result is None or not config.eval.figures or jax.process_index() != 0:
+        return
+    try:
+        from mobiledet_jax.evaluation import visual_report
+
+        analysis = visual_report.write_tensorboard(log.writer, step, result, config)
+        if final_dir is not None:
+            visual_report.write_eval_report(result, final_dir, config, step, analysis)
+            logging.info("step %d: evaluation figures written to %s", step, final_dir)
+    except Exception:  # noqa: BLE001 - pictures must never stop training
+        logging.warning("step %d: evaluation figures were not written", step, exc_info=True)
 
 
 class FiniteGuard:

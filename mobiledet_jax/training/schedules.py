@@ -1,4 +1,4 @@
-"""Learning-rate schedules (SPEC section 5)."""
+"""Learning-rate schedules (docs/reference/recipe.md, "Schedules")."""
 
 import jax.numpy as jnp
 import ml_collections

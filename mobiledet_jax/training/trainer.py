@@ -13,16 +13,20 @@ by every step, saved with the checkpoints, used by the evaluations, and converte
 --format=int8``. A conv qwix would leave float is a QatError before the first step.
 """
 
+import dataclasses
 import logging
 import time
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from clu import periodic_actions
+from etils import epath
 
 from mobiledet_jax import data
 from mobiledet_jax import workdir as workdir_lib
+from mobiledet_jax.config import ConfigError
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.evaluation.coco_metric import format_metrics
 from mobiledet_jax.evaluation.evaluator import Evaluator
@@ -30,7 +34,7 @@ from mobiledet_jax.models import build_model, input_size
 from mobiledet_jax.sharding import make_mesh, replicated
 from mobiledet_jax.training import finetune
 from mobiledet_jax.training.checkpointing import TrainCheckpointer
-from mobiledet_jax.training.monitoring import FiniteGuard, MetricsLog
+from mobiledet_jax.training.monitoring import FiniteGuard, MetricsLog, write_eval_figures
 from mobiledet_jax.training.optimizer import make_optimizer
 from mobiledet_jax.training.preemption import PreemptionWatcher
 from mobiledet_jax.training.state import TrainState, create_train_state
@@ -38,13 +42,27 @@ from mobiledet_jax.training.step import make_train_step
 
 
 def _check_data(config, info) -> None:
-    if info.num_classes > config.model.num_classes:
-        raise ValueError(
-            f"the dataset has {info.num_classes} classes but config.model.num_classes is "
-            f"{config.model.num_classes}; set --config.model.num_classes={info.num_classes}"
+    """The model must have exactly the data's classes, and the batch must divide over the devices:
+    a full recipe (90 COCO classes) on the 4-class synthetic default stops here, naming the fix."""
+    model_classes, data_classes = config.model.num_classes, info.num_classes
+    if data_classes > model_classes:
+        raise ConfigError(
+            f"the {config.data.source} data has {data_classes} classes but "
+            f"config.model.num_classes is {model_classes}; set "
+            f"--config.model.num_classes={data_classes}"
+        )
+    if data_classes < model_classes:
+        hint = (
+            "point --config.data.source (and its paths) at your data, or "
+            if config.data.source == "synthetic"
+            else ""
+        )
+        raise ConfigError(
+            f"config.model.num_classes is {model_classes} but the {config.data.source} data has "
+            f"{data_classes} classes: {hint}set --config.model.num_classes={data_classes}"
         )
     if config.train.batch_size % jax.device_count():
-        raise ValueError(
+        raise ConfigError(
             f"global batch {config.train.batch_size} does not divide over {jax.device_count()} "
             "devices"
         )
@@ -52,8 +70,7 @@ def _check_data(config, info) -> None:
 
 def _init_from(config, state: TrainState) -> TrainState:
     cfg = config.checkpoint
-    step = None if cfg.init_from_step < 0 else cfg.init_from_step
-    loaded = workdir_lib.load_model(cfg.init_from, step)
+    loaded = workdir_lib.load_model(cfg.init_from, cfg.init_from_step)  # latest, best or N
     source = {k: v for k, v in loaded.variables.items() if k != "quant_stats"}  # QAT recalibrates
     merged, report = finetune.restore_matching(
         state.variables, source, required_scopes=tuple(cfg.restore_scopes)
@@ -97,8 +114,20 @@ def _window_scalars(window: list[dict], batch_size: int, elapsed: float, input_w
     return scalars
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
+@dataclasses.dataclass
+class _Run:
+    """Everything a training run holds, built once by ``_prepare``."""
+
+    config: ml_collections.ConfigDict
+    workdir: epath.Path
+    train_iter: Any
+    state: TrainState
+    ckpt: TrainCheckpointer
+    step_fn: Any
+    evaluator: Evaluator | None
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     workdir = workdir_lib.workdir_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config.mesh)
@@ -106,12 +135,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     size = input_size(config.model)
     anchors = anchors_lib.anchors_from_config(config.detection.anchors, *size)
     tcfg = config.train
-
     train_iter = data.build_train_iterator(
         config.data, tcfg.batch_size, size, mesh, seed=config.seed
     )
     _check_data(config, train_iter.info)
     workdir_lib.write_config(config, str(workdir))
+    workdir_lib.write_labels(str(workdir), train_iter.info.category_names)
 
     optimizer = make_optimizer(tcfg)
     state = create_train_state(model, optimizer, size, jax.random.key(config.seed), mesh)
@@ -133,22 +162,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if resume:
         state = ckpt.restore(state, train_iter)
         logging.info("resumed from checkpoint step %d", int(state.step))
-
     step_fn = make_train_step(
-        train_model,
-        optimizer,
-        anchors,
-        config.model.num_classes,
-        tcfg,
-        mesh,
-        config.detection,
+        train_model, optimizer, anchors, config.model.num_classes, tcfg, mesh, config.detection
     )
     evaluator = None
     if config.eval.max_batches != 0:  # built once: every evaluation reuses iterator and program
         evaluator = Evaluator(config, mesh, model=train_model)
-    log = MetricsLog(workdir)
-    guard = FiniteGuard()
-    start_step = int(jax.device_get(state.step))
+    return _Run(config, workdir, train_iter, state, ckpt, step_fn, evaluator)
+
+
+def _evaluate(run: _Run, step: int, last: bool, log: MetricsLog, best_ap: float):
+    """One evaluation of the current state: logged, and kept as ``best/`` when it is the best."""
+    metrics = run.evaluator.evaluate(run.state.variables)
+    log.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+    final_dir = run.workdir / f"eval_{step}" if last else None  # pictures: TensorBoard, + folder
+    write_eval_figures(log, step, run.evaluator.take_result(), run.config, final_dir)
+    if last:  # the command prints the full table once it returns
+        logging.info("step %d eval: AP %.4f, AP50 %.4f", step, metrics["AP"], metrics["AP50"])
+    else:
+        logging.info("step %d eval: %s", step, format_metrics(metrics))
+    if metrics["AP"] > best_ap:
+        best_ap = metrics["AP"]
+        run.ckpt.save_best(run.state, metrics)
+    return metrics, best_ap
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
+    run = _prepare(config, workdir)
+    tcfg, ckpt = config.train, run.ckpt
+    log, guard = MetricsLog(run.workdir), FiniteGuard()
+    start_step = int(jax.device_get(run.state.step))
     report = periodic_actions.ReportProgress(
         num_train_steps=tcfg.num_steps, writer=log.writer, every_steps=tcfg.log_every
     )
@@ -157,62 +201,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics_window, input_wait, window_start = [], 0.0, time.time()
     compiled_size = None
     final_metrics = {}
-
-    def check_finite():
-        guard.check(ckpt.latest_step_after_wait)
-
+    check_finite = lambda: guard.check(ckpt.latest_step_after_wait)
     try:
         for step in range(start_step + 1, tcfg.num_steps + 1):
             t0 = time.time()
-            batch = next(train_iter)
+            batch = next(run.train_iter)
             input_wait += time.time() - t0
-            state, metrics = step_fn(state, batch)
+            run.state, metrics = run.step_fn(run.state, batch)
             metrics_window.append(metrics)
             guard.add(step, metrics)
-            if compiled_size is None:
-                compiled_size = step_fn._cache_size()
+            compiled_size = compiled_size or run.step_fn._cache_size()
             if tcfg.nan_check_every and step % tcfg.nan_check_every == 0:
                 check_finite()
             report(step)
             last = step == tcfg.num_steps
             if step % tcfg.log_every == 0 or last:
                 check_finite()
-                if step_fn._cache_size() != compiled_size:
+                if run.step_fn._cache_size() != compiled_size:
                     raise RuntimeError(
                         f"the train step was recompiled by step {step}: batch shapes, dtypes or "
                         "shardings changed after the first step"
                     )
                 elapsed = time.time() - window_start
-                log.write(
-                    step, _window_scalars(metrics_window, tcfg.batch_size, elapsed, input_wait)
-                )
+                scalars = _window_scalars(metrics_window, tcfg.batch_size, elapsed, input_wait)
+                log.write(step, scalars)
                 metrics_window, input_wait, window_start = [], 0.0, time.time()
             if step % config.checkpoint.every_steps == 0 or last:
                 check_finite()  # nothing non-finite is ever saved
-                ckpt.save(state, train_iter, force=last)
+                ckpt.save(run.state, run.train_iter, force=last)
             eval_now = config.eval.every_steps and step % config.eval.every_steps == 0
-            if (eval_now or last) and evaluator is not None:
+            if (eval_now or last) and run.evaluator is not None:
                 check_finite()
                 with report.timed("eval"):
-                    final_metrics = evaluator.evaluate(state.variables)
-                log.write(step, {f"eval/{k}": v for k, v in final_metrics.items()})
-                if last:  # the command prints the full table once it returns
-                    ap, ap50 = final_metrics["AP"], final_metrics["AP50"]
-                    logging.info("step %d eval: AP %.4f, AP50 %.4f", step, ap, ap50)
-                else:
-                    logging.info("step %d eval: %s", step, format_metrics(final_metrics))
-                if final_metrics["AP"] > best_ap:
-                    best_ap = final_metrics["AP"]
-                    ckpt.save_best(state, final_metrics)
+                    final_metrics, best_ap = _evaluate(run, step, last, log, best_ap)
             if preemption.should_stop(step) and not last:
                 check_finite()
-                ckpt.save(state, train_iter, force=True)
+                ckpt.save(run.state, run.train_iter, force=True)
                 ckpt.wait()
                 logging.warning("preempted: saved step %d, exiting", step)
                 break
-        if start_step >= tcfg.num_steps and evaluator is not None:
+        if start_step >= tcfg.num_steps and run.evaluator is not None:
             logging.info("training finished earlier (step %d): evaluating it", start_step)
-            final_metrics = evaluator.evaluate(state.variables)
+            final_metrics = run.evaluator.evaluate(run.state.variables)
         ckpt.wait()
     finally:
         preemption.close()

@@ -1,0 +1,170 @@
+"""Ahead-of-time compile of the train step for a Cloud TPU slice, on a machine without TPUs.
+
+Needs libtpu, and no TPU (``pip install -r requirements-tpu-aot.txt``). libtpu describes the slice
+as compile-only devices (``topology_devices``); ``run`` builds the ``data`` mesh over them, abstract
+(``ShapeDtypeStruct``) train state and batch (state replicated, batch sharded along ``data``),
+lowers and compiles the train step of ``training.step`` (the function the trainer jits) and
+``report`` gives, per device:
+
+- memory from ``compiled.memory_analysis()``: arguments, outputs (aliased with the donated state),
+  temporaries, generated code and their total against the device's HBM;
+- FLOPs per step from ``compiled.cost_analysis()`` (per device, and times the device count).
+
+The global batch is ``config.train.batch_size``; each device gets ``batch / devices``. Slices are
+``mobiledet_jax.tpu_slices.TpuSlice`` (``<family>-<N>``, as the launcher names them). The command
+line is ``python -m mobiledet_jax.aot_compile``.
+"""
+
+import os
+import time
+
+import jax
+import ml_collections
+
+from mobiledet_jax import sharding
+from mobiledet_jax.data import schema
+from mobiledet_jax.models import input_size
+from mobiledet_jax.tpu_slices import TpuSlice
+from mobiledet_jax.training import state as state_lib
+from mobiledet_jax.training import step as step_lib
+
+GIB = 1024**3
+
+
+def abstract_batch(config: ml_collections.ConfigDict, batch_size: int, sharding=None) -> dict:
+    """``ShapeDtypeStruct``s of a training batch, as ``mobiledet_jax.data`` yields it."""
+    spec = schema.batch_spec(batch_size, input_size(config.model), config.data.max_boxes)
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding) for k, (s, d) in spec.items()}
+
+
+def lower_train_step(config: ml_collections.ConfigDict, mesh, batch_size: int):
+    """``jax.stages.Lowered`` of the trainer's train step on ``mesh``, from abstract inputs only."""
+    model, optimizer, step = step_lib.train_step_for_config(config, mesh)
+    size = input_size(config.model)
+    state = jax.eval_shape(
+        lambda rng: state_lib.create_train_state(model, optimizer, size, rng, mesh),
+        jax.random.key(config.seed),
+    )
+    replicated = sharding.replicated(mesh)
+    state = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state
+    )
+    batch = abstract_batch(config, batch_size, sharding.batch_sharding(mesh))
+    return step.lower(state, batch)
+
+
+def topology_devices(tpu: TpuSlice) -> list:
+    """Compile-only devices of the slice, from libtpu (no TPU needed)."""
+    from jax._src import cloud_tpu_init
+    from jax.experimental import topologies
+
+    if cloud_tpu_init.get_tpu_library_path() is None:
+        raise RuntimeError(
+            f"libtpu is not installed, so there is no TPU compiler here. Install the libtpu that "
+            f"jax[tpu]=={jax.__version__} pins: `pip install -r requirements-tpu-aot.txt` "
+            f'(or `pip install "jax[tpu]=={jax.__version__}"`); no TPU is needed'
+        )
+    # Quiet libtpu's host probing (no TPU VM metadata here), and allow a second process to load it
+    # alongside one (e.g. a pytest run) that already holds /tmp/libtpu_lockfile: compile only.
+    for key, value in {
+        "TPU_SKIP_MDS_QUERY": "1",
+        "TPU_ACCELERATOR_TYPE": tpu.topology,
+        "TPU_WORKER_HOSTNAMES": "localhost",
+        "TPU_WORKER_ID": "0",
+        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+    desc = topologies.get_topology_desc(
+        tpu.libtpu_name,
+        "tpu",
+        chip_config_name="megacore" if tpu.facts.megacore else "default",
+        chips_per_host_bounds=tpu.chips_per_host_bounds,
+        num_slices=1,
+    )
+    return list(desc.devices)
+
+
+def report(compiled, tpu: TpuSlice, config, batch_size: int) -> dict:
+    """Per-device memory and FLOPs of a compiled step, as a JSON-ready dict."""
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    args, outs = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    alias, temps = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+    code = mem.generated_code_size_in_bytes
+    total = args + outs - alias + temps + code
+    flops = float(cost.get("flops", 0.0))
+    h, w = input_size(config.model)
+    return {
+        "topology": tpu.topology,
+        "libtpu_topology": tpu.libtpu_name,
+        "chips": tpu.chips,
+        "devices": tpu.devices,
+        "model": config.model.name,
+        "image_size": [h, w],
+        "compute_dtype": config.model.compute_dtype,
+        "schedule": config.train.schedule,
+        "global_batch": batch_size,
+        "batch_per_device": batch_size // tpu.devices,
+        "memory_bytes": {
+            "arguments": args,
+            "outputs": outs,
+            "aliased": alias,
+            "temps": temps,
+            "generated_code": code,
+            "total": total,
+        },
+        "memory_gib": total / GIB,
+        "hbm_gib": tpu.hbm_gib,
+        "fits": total <= tpu.hbm_gib * GIB,
+        "flops_per_device": flops,
+        "flops_total": flops * tpu.devices,
+        "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
+    }
+
+
+def format_report(r: dict) -> str:
+    b = {k: v / GIB for k, v in r["memory_bytes"].items()}
+    h, w = r["image_size"]
+    return "\n".join([
+        f"{r['model']} {h}x{w} {r['compute_dtype']} on {r['topology']} (libtpu {r['libtpu_topology']}: "
+        f"{r['chips']} chips, {r['devices']} JAX devices)",
+        f"global batch {r['global_batch']} = {r['batch_per_device']} per device",
+        f"memory per device (GiB): arguments {b['arguments']:.3f}, outputs {b['outputs']:.3f} "
+        f"(aliased {b['aliased']:.3f}), temps {b['temps']:.3f}, code {b['generated_code']:.3f}",
+        f"memory per device: {r['memory_gib']:.2f} GiB of {r['hbm_gib']:g} GiB HBM "
+        f"({100 * r['memory_gib'] / r['hbm_gib']:.0f}%)",
+        f"FLOPs per step (XLA): {r['flops_per_device'] / 1e9:.1f} GFLOP per device, "
+        f"{r['flops_total'] / 1e9:.1f} GFLOP in all, "
+        f"{r['flops_total'] / r['global_batch'] / 1e9:.2f} GFLOP per image",
+        f"compile: {r['compile_s']:.0f} s",
+    ])  # fmt: skip
+
+
+def run(config: ml_collections.ConfigDict, topology: str) -> dict:
+    """Compiles for the slice ``topology`` (e.g. ``v4-32``); returns the ``report``.
+
+    Raises ValueError (bad slice or batch), MemoryError (XLA ran out of memory) or RuntimeError
+    (no libtpu, another compile error), each with a message."""
+    tpu = TpuSlice.parse(topology)
+    batch = config.train.batch_size
+    if batch % tpu.devices:
+        raise ValueError(
+            f"global batch {batch} does not divide over the {tpu.devices} JAX devices of "
+            f"{tpu.topology}; set --config.train.batch_size to a multiple of {tpu.devices}"
+        )
+    devices = topology_devices(tpu)
+    if len(devices) != tpu.devices:
+        raise RuntimeError(f"libtpu gave {len(devices)} devices for {tpu.topology}")
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1}), devices)
+    start = time.perf_counter()
+    lowered = lower_train_step(config, mesh, batch)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            raise MemoryError(str(e)) from e
+        raise RuntimeError(f"XLA could not compile the train step: {e}") from e
+    r = report(compiled, tpu, config, batch)
+    r["compile_s"] = time.perf_counter() - start
+    return r

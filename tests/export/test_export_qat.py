@@ -1,0 +1,73 @@
+"""qwix QAT prototype: a fake-quantized tiny MobileDet converts to a fully int8 TFLite."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobiledet_jax import config as config_lib
+from mobiledet_jax.export import qat_convert
+from mobiledet_jax.models import build_model, preprocess, qat, random_weights
+from mobiledet_jax.tflite import flatbuffer, runtime
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    mc = config_lib.model_config("mobiledet_edgetpu")
+    mc.image_size, mc.width_multiplier, mc.num_classes = SIZE[0], 0.25, 3
+    model = build_model(mc)
+    variables = random_weights.random_variables(model, SIZE, seed=6)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, *SIZE, 3)).astype(np.uint8)
+    return model, variables, pixels
+
+
+@pytest.mark.slow
+def test_qat_model_converts_to_full_int8(setup):
+    model, variables, pixels = setup
+    qmodel = qat.qat_model(model)
+    images = preprocess(jnp.asarray(pixels))
+    quant_stats = qat.calibrate(qmodel, variables, images)
+    v = jax.tree.map(jnp.asarray, {k: variables[k] for k in ("params", "batch_stats")})
+    # (a training step through qmodel works too, but takes minutes op by op on 2 CPUs: the
+    # training loop will exercise it)
+    tflite = qat_convert.convert(model, variables, quant_stats, SIZE)
+    ops = flatbuffer.op_counts(tflite)
+    assert ops["CONV_2D"] + ops["DEPTHWISE_CONV_2D"] == 93
+    assert set(ops) <= {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE",
+                        "QUANTIZE", "DEQUANTIZE"}  # fmt: skip
+    (inp,), outs = flatbuffer.io_tensors(tflite)
+    assert inp.dtype == "UINT8" and [o.dtype for o in outs] == ["UINT8", "UINT8"]
+    assert [o.name for o in outs] == ["box_encodings", "class_logits"]
+    # the int8 file computes what the fake-quant JAX model computes (uint8 input: (p - 128) * 2/255)
+    m = runtime.TFLiteModel(tflite)
+    got = m.invoke(pixels[:1])
+    x = (jnp.asarray(pixels[:1], jnp.float32) - 128.0) * (2.0 / 255.0)
+    fake_quant = jax.jit(  # under jit: qwix's op-by-op interception compiles once
+        lambda x: qmodel.apply(
+            {**v, "quant_stats": quant_stats}, x, train=False, mutable=["quant_stats"]
+        )[0]
+    )
+    ref = fake_quant(x)
+    for name in ("box_encodings", "class_logits"):
+        step = float(flatbuffer.quantization(tflite, name)[0][0])
+        diff = np.abs(got[name] - np.asarray(ref[name]))
+        assert diff.max() < 6 * step and diff.mean() < step, (name, diff.max() / step)
+
+
+def test_unquantized_layers_are_an_error(setup):
+    model, variables, pixels = setup
+    with pytest.raises(qat.QatError, match=r"36 conv layer\(s\) not quantized: \['head/"):
+        qat.qat_model(model, module_path="backbone/.*")  # the 12 neck and 24 head convs left out
+    assert len(qat.conv_paths(model)) == 93
+    with pytest.raises(qat.QatError, match="no quant_stats"):
+        qat_convert.convert(model, variables, {}, SIZE)
+
+
+def test_check_int8_flags_float_ops(setup):
+    model, variables, _ = setup
+    from mobiledet_jax.export import convert
+
+    with pytest.raises(qat.QatError, match=r"op\(s\) left in float"):
+        qat_convert.check_int8(convert.convert(model, variables, SIZE, "float32"))
