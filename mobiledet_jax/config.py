@@ -114,6 +114,9 @@ def base_config(model_name: str = "mobiledet_edgetpu", schedule: str = "long"):
     c.eval.batch_size = 64
     c.eval.split = "val"
     c.eval.max_batches = -1  # -1 = the whole split; 0 = no evaluation at all
+    # LiteRT threads for scoring .tflite files; 1 = the export report's numbers (the NMS op's tie
+    # order among equal uint8 scores depends on the thread count)
+    c.eval.tflite_threads = 1
     # Figures of an evaluation (evaluation/visual_report.py): TensorBoard images and PR curves at
     # every evaluation of a training run, and <workdir>/eval_<step>/ (PNGs, sample images,
     # metrics.json) after the final one and from `evaluate`. False: metrics only.

@@ -6,8 +6,6 @@ Raw files are decoded and NMS'ed by our JAX post-processing with the anchors of 
 size; post-processed files by their ``TFLite_Detection_PostProcess`` op.
 """
 
-import os
-
 import ml_collections
 
 from mobiledet_jax import data
@@ -44,7 +42,9 @@ def evaluate_tflite_result(
     """``evaluate_tflite`` with the whole ``EvalResult`` (for curves, confusion matrix and sample
     images); ``num_samples`` defaults to ``config.eval.num_sample_images`` when
     ``config.eval.figures``, else 0."""
-    model = runtime.TFLiteModel(tflite, num_threads=min(4, os.cpu_count() or 1))
+    # one thread by default: the post-processing op breaks score ties differently on 2 or 3
+    # threads, and the export report scores with 1 (config.eval.tflite_threads)
+    model = runtime.TFLiteModel(tflite, num_threads=config.eval.tflite_threads)
     if model.kind == "scores":
         raise ValueError(
             "the file has class scores but no post-processing op; export it with "

@@ -146,7 +146,8 @@ def coco_comparison(tflite: bytes, model, variables, eval_iterable, opts, anchor
     m_jax = run_coco_evaluation(lambda b: detect(variables, b), eval_iterable, info, max_batches)
     tfl_detect = runtime.tflite_detect_fn(runtime.TFLiteModel(tflite), anchors, nms)
     tfl = run_evaluation(tfl_detect, eval_iterable, info, max_batches)
-    n = info.num_examples if max_batches < 0 else min(info.num_examples, opts.eval_images)
+    scored = max_batches * per_batch  # whole batches are scored
+    n = info.num_examples if max_batches < 0 else min(info.num_examples, scored)
     keep = lambda m: {k: float(v) for k, v in m.items() if "/" not in k}
     return {
         "split": opts.eval_split,
