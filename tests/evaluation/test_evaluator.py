@@ -1,16 +1,21 @@
 """The evaluator is built once per run: its iterator, anchors and jitted detect function are reused,
 so periodic evaluations compile once."""
 
+import json
+
 import numpy as np
 import pytest
 
 from mobiledet_jax import config as config_lib
 from mobiledet_jax import workdir
 from mobiledet_jax.evaluation import evaluator as evaluator_lib
+from mobiledet_jax.evaluation.visual_report import FIGURE_NAMES
 from mobiledet_jax.models import build_model, input_size
 from mobiledet_jax.models.random_weights import random_variables
 from mobiledet_jax.sharding import make_mesh
 from mobiledet_jax.training import trainer
+from tests.helpers.png_checks import assert_png_with_content
+from tests.helpers.tensorboard_events import read_events
 
 
 def tiny_config(cache_dir):
@@ -53,7 +58,10 @@ def test_pixel_batches_score_like_normalized_batches(tmp_path):
 
 @pytest.mark.slow
 def test_three_periodic_evaluations_of_a_training_run_compile_once(tmp_path, monkeypatch):
+    """Also: every evaluation writes its pictures to TensorBoard (images and PR curves), and the
+    final one the folder ``<workdir>/eval_<last step>/``."""
     config = tiny_config(tmp_path / "cache")
+    config.eval.num_sample_images = 3
     t = config.train
     t.num_steps, t.batch_size, t.warmup_steps, t.log_every = 6, 8, 2, 2
     config.checkpoint.every_steps = 6
@@ -81,3 +89,19 @@ def test_three_periodic_evaluations_of_a_training_run_compile_once(tmp_path, mon
     again = evaluator_lib.Evaluator(config, make_mesh(config.mesh)).evaluate(loaded.variables)
     for k, v in metrics.items():
         np.testing.assert_allclose(again[k], v, atol=1e-6, err_msg=k)
+
+    workdir_path = tmp_path / "workdir"
+    events = read_events(workdir_path)
+    for tag in [f"eval_figures/{name}" for name in FIGURE_NAMES] + ["eval_samples"]:
+        plugin, values = events[tag]
+        assert plugin == "images" and sorted(step for step, _ in values) == [2, 4, 6], tag
+    plugin, values = events["eval_pr_curves/all_classes"]
+    assert plugin == "pr_curves" and sorted(step for step, _ in values) == [2, 4, 6]
+    assert values[0][1].shape == (6, 101)
+    assert not (workdir_path / "eval_2").exists()  # folders only for the final evaluation
+    folder = workdir_path / "eval_6"
+    for name in FIGURE_NAMES:
+        assert_png_with_content(folder / f"{name}.png")
+    assert len(list((folder / "samples").glob("*.png"))) == 3
+    report = json.loads((folder / "metrics.json").read_text())
+    assert report["step"] == 6 and "AP" in report["metrics"] and "overall" in report["best_f1"]
