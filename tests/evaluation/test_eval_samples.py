@@ -3,25 +3,17 @@ and detections (``evaluation.samples``), for the pictures."""
 
 import numpy as np
 
-from mobiledet_jax import config as config_lib
 from mobiledet_jax import data
 from mobiledet_jax.evaluation import evaluator as evaluator_lib
 from mobiledet_jax.evaluation.samples import SampleCollector, to_display_pixels
 from mobiledet_jax.models import build_model, input_size
 from mobiledet_jax.models.random_weights import random_variables
 from mobiledet_jax.sharding import make_mesh
+from tests.helpers.tiny_configs import tiny_config
 
 
 def small_config(cache_dir):
-    c = config_lib.base_config("mobiledet_edgetpu")
-    c.model.num_classes = 4
-    c.model.width_multiplier = 0.35
-    c.model.image_size = 96
-    c.data.cache_dir = str(cache_dir)
-    c.data.synthetic.num_train = 8
-    c.data.synthetic.num_val = 12
-    c.data.num_shards = 1
-    c.eval.batch_size = 8
+    c = tiny_config(cache_dir, num_train=8, num_val=12, num_shards=1)
     c.eval.num_sample_images = 10  # more than one batch
     return c
 

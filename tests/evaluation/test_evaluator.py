@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from mobiledet_jax import config as config_lib
 from mobiledet_jax import workdir
 from mobiledet_jax.evaluation import evaluator as evaluator_lib
 from mobiledet_jax.evaluation.visual_report import FIGURE_NAMES
@@ -16,20 +15,7 @@ from mobiledet_jax.sharding import make_mesh
 from mobiledet_jax.training import trainer
 from tests.helpers.png_checks import assert_png_with_content
 from tests.helpers.tensorboard_events import read_events
-
-
-def tiny_config(cache_dir):
-    c = config_lib.base_config("mobiledet_edgetpu")
-    c.model.num_classes = 4
-    c.model.width_multiplier = 0.35
-    c.model.image_size = 96
-    c.data.cache_dir = str(cache_dir)
-    c.data.synthetic.num_train = 32
-    c.data.synthetic.num_val = 16
-    c.data.num_shards = 2
-    c.data.shuffle_buffer = 32
-    c.eval.batch_size = 8
-    return c
+from tests.helpers.tiny_configs import tiny_config
 
 
 def test_repeated_evaluations_reuse_one_program(tmp_path):

@@ -8,22 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from mobiledet_jax import config as config_lib
 from mobiledet_jax.visualization import browse, draw, mosaic
 from tests.helpers.png_checks import assert_outlined, assert_png_with_content
+from tests.helpers.tiny_configs import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def browse_config(cache_dir):
-    c = config_lib.base_config("mobiledet_edgetpu")
-    c.model.num_classes = 4
-    c.model.image_size = 96
-    c.data.cache_dir = str(cache_dir)
-    c.data.synthetic.num_train = 16
-    c.data.synthetic.num_val = 8
-    c.data.num_shards = 1
-    c.data.shuffle_buffer = 16
+    c = tiny_config(cache_dir, num_train=16, num_val=8, num_shards=1, eval_batch_size=None)
     c.visualization.mosaic_rows = 2
     c.visualization.mosaic_columns = 3
     return c
