@@ -1,15 +1,16 @@
 """Console logging for the command-line tools: this project's INFO lines, libraries' warnings only.
 
-orbax-checkpoint writes a dozen INFO lines per save (through absl's logger), which buried the
-training progress lines on the console. ``setup()`` keeps every record of this project and every
-WARNING or worse, and drops INFO/DEBUG records that come from orbax's source files. Set
+orbax-checkpoint (and TensorFlow's saver under it) write a dozen INFO lines per save (through
+absl's logger), which buried the training progress lines on the console. ``setup()`` keeps every
+record of this project and every WARNING or worse, and drops INFO/DEBUG records that come from
+orbax's and TensorFlow's source files. Set
 ``MOBILEDET_LIBRARY_LOGS=1`` to see them again.
 """
 
 import logging
 import os
 
-_QUIET_PACKAGES = (f"{os.sep}orbax{os.sep}",)
+_QUIET_PACKAGES = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow{os.sep}")
 
 
 class _LibraryInfoFilter(logging.Filter):

@@ -1,5 +1,6 @@
-"""What the training loop watches: the metric log (console, TensorBoard, JSON lines) and the guard
-that stops a run at the first non-finite step before anything non-finite is saved.
+"""What the training loop watches: the metric log (TensorBoard, JSON lines), the console line of a
+log step, and the guard that stops a run at the first non-finite step before anything non-finite
+is saved.
 
 The guard does not wait for the device every step: the train step returns a device-side
 ``finite`` flag with its metrics, and the flags of the steps since the last check are fetched
@@ -26,12 +27,13 @@ WATCHED = ("loss", "grad_norm", "update_norm")
 
 
 class MetricsLog:
-    """Console/TensorBoard through clu, plus a JSON-lines file (process 0)."""
+    """Every scalar to TensorBoard (clu's asynchronous writer) and to a JSON-lines file, process 0
+    only. Nothing goes to the console: the trainer prints one readable line per log step
+    (``mobiledet_jax.progress``) instead of clu's line per scalar group."""
 
     def __init__(self, workdir: epath.Path):
-        self.writer = metric_writers.create_default_writer(
-            str(workdir), just_logging=jax.process_index() > 0
-        )
+        writers = [metric_writers.SummaryWriter(str(workdir))] if jax.process_index() == 0 else []
+        self.writer = metric_writers.AsyncMultiWriter(writers)
         self.file = workdir / METRICS_FILE if jax.process_index() == 0 else None
 
     def write(self, step: int, scalars: dict) -> None:
@@ -59,6 +61,14 @@ def write_eval_figures(log: MetricsLog, step: int, result, config, final_dir=Non
             logging.info("step %d: evaluation figures written to %s", step, final_dir)
     except Exception:  # noqa: BLE001 - pictures must never stop training
         logging.warning("step %d: evaluation figures were not written", step, exc_info=True)
+
+
+def progress_text(scalars: dict) -> str:
+    """The console's figures of a log step: ``loss 1.234  lr 0.0400  35.2 img/s``."""
+    return (
+        f"loss {scalars['loss']:.4g}  lr {scalars['learning_rate']:.4g}  "
+        f"{scalars['images_per_sec']:.3g} img/s"
+    )
 
 
 class FiniteGuard:
