@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import qwix
 
 from mobiledet_jax.export import convert as convert_lib
+from mobiledet_jax.models import as_convolutions
 from mobiledet_jax.models.qat import INPUT_RANGE, QatError, _as_jax, register_ops, rules
 from mobiledet_jax.tflite import flatbuffer
 
@@ -44,7 +45,7 @@ def stablehlo_text(model, variables, quant_stats, image_size) -> str:
     provider = qwix.OdmlConversionProvider(
         rules(), v["params"], _as_jax(quant_stats), fixed_range_for_inputs=INPUT_RANGE
     )
-    cmodel = qwix.quantize_model(model, register_ops(provider))
+    cmodel = qwix.quantize_model(as_convolutions(model), register_ops(provider))
 
     def fn(images):
         out = cmodel.apply(v, images, train=False)

@@ -8,13 +8,20 @@ and ``block_diagram`` describe a built model (per-layer params and MAdds, a PNG 
 """
 
 from mobiledet_jax.models.backbone import Backbone, endpoint_widths, resolve_blocks
-from mobiledet_jax.models.factory import COMPUTE_DTYPES, backbone_spec, build_model, input_size
+from mobiledet_jax.models.factory import (
+    COMPUTE_DTYPES,
+    as_convolutions,
+    backbone_spec,
+    build_model,
+    input_size,
+)
 from mobiledet_jax.models.ssdlite import SSDLite, preprocess
 
 __all__ = [
     "COMPUTE_DTYPES",
     "Backbone",
     "SSDLite",
+    "as_convolutions",
     "backbone_spec",
     "build_model",
     "endpoint_widths",

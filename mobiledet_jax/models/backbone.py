@@ -119,6 +119,7 @@ class Backbone(nn.Module):
     spec: specs.BackboneSpec
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
+    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
@@ -129,6 +130,8 @@ class Backbone(nn.Module):
         for b in resolve_blocks(spec, self.width_multiplier, x.shape[-1]):
             row = b.spec
             common = dict(norm=norm, kernel_init=kernel_init, dtype=self.dtype, name=b.name)
+            if row.block != specs.CONV:
+                common["depthwise_form"] = self.depthwise_form
             if row.block == specs.CONV:
                 x = ConvBN(b.out, row.kernel, row.stride, activation=b.activation, **common)(
                     x, train

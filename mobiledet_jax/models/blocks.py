@@ -62,6 +62,7 @@ class InvertedBottleneck(nn.Module):
     norm: NormConfig = BACKBONE_NORM
     kernel_init: Initializer = he_normal  # every conv kernel of the block, SE included
     dtype: Any = jnp.float32
+    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
@@ -89,6 +90,7 @@ class InvertedBottleneck(nn.Module):
                 self.stride,
                 depthwise=True,
                 activation=self.activation,
+                depthwise_form=self.depthwise_form,
                 name=dw_name,
                 **common,
             )(h, train)
@@ -121,6 +123,7 @@ class Tucker(nn.Module):
     norm: NormConfig = BACKBONE_NORM
     kernel_init: Initializer = he_normal
     dtype: Any = jnp.float32
+    depthwise_form: str = "auto"  # unused: a Tucker block has no depthwise conv
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:

@@ -44,6 +44,15 @@ def build_model(
     )
 
 
+def as_convolutions(model):
+    """``model`` with its depthwise convs pinned to ``lax.conv_general_dilated`` (the ``"conv"``
+    form of ``layers.depthwise_conv``): what jax2tf exports as DEPTHWISE_CONV_2D and what qwix
+    fake-quantizes. The same parameters and outputs; a module without the field is returned as is."""
+    if getattr(model, "depthwise_form", "conv") == "conv":
+        return model
+    return model.clone(depthwise_form="conv")
+
+
 def input_size(model_config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(height, width) of the model input."""
     h = model_config.image_height if model_config.image_height > 0 else model_config.image_size

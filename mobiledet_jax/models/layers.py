@@ -8,6 +8,11 @@ names so a checkpoint maps one to one: a conv scope holds ``kernel`` (TF ``weigh
 
 Kernel layouts: regular convs are HWIO ``[kh, kw, in, out]`` like TF; depthwise convs are
 ``[kh, kw, 1, C]`` (TF stores ``[kh, kw, C, 1]``).
+
+Depthwise convs compute in one of ``DEPTHWISE_FORMS`` (``depthwise_conv``): by default the form is
+chosen by the backend the program compiles for (per-channel multiply-adds over shifted views on
+CPU, where XLA's grouped convolutions are slow; the convolution on TPU and GPU). Both forms compute
+the same sum; export and QAT pin ``"conv"``.
 """
 
 import dataclasses
@@ -88,6 +93,65 @@ def conv2d(x: Array, kernel: Array, stride: int, groups: int = 1) -> Array:
     )
 
 
+DEPTHWISE_FORMS = ("auto", "conv", "shifted")
+
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int]]:
+    """Output size and (before, after) padding of TF "SAME" along one axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def depthwise_shifted(x: Array, kernel: Array, stride: int) -> Array:
+    """Depthwise k x k conv as k*k per-channel multiply-adds over strided views of the padded input.
+
+    The same sum as ``conv2d(..., groups=C)`` (TF "SAME" pads), in a form XLA's CPU backend fuses
+    into one vectorized loop, forward and backward (its grouped-convolution kernels and their
+    gradients run 5-30x slower than this on a CPU; ``benchmarks/train_step_vs_tf.py``).
+    Accumulates in float32 whatever the compute dtype, like the convolution.
+    """
+    n, h, w, c = x.shape
+    k = kernel.shape[0]
+    oh, pad_h = same_pads(h, k, stride)
+    ow, pad_w = same_pads(w, k, stride)
+    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    weights = kernel.reshape(k, k, c).astype(jnp.float32)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            view = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
+                (1, stride, stride, 1),
+            )
+            term = view.astype(jnp.float32) * weights[i, j]
+            out = term if out is None else out + term
+    return out.astype(x.dtype)
+
+
+def depthwise_conv(x: Array, kernel: Array, stride: int, form: str = "auto") -> Array:
+    """Depthwise conv (``kernel [k, k, 1, C]``) in one of ``DEPTHWISE_FORMS``.
+
+    ``"conv"``: ``lax.conv_general_dilated`` with ``feature_group_count=C`` (what TPUs and GPUs
+    run best, what jax2tf turns into one DEPTHWISE_CONV_2D and what qwix fake-quantizes);
+    ``"shifted"``: ``depthwise_shifted``; ``"auto"``: chosen by the backend the program is
+    compiled for (``lax.platform_dependent``): shifted on CPU, the convolution elsewhere, so an
+    AOT compile for a TPU on a CPU host still gets the convolution.
+    """
+    if form not in DEPTHWISE_FORMS:
+        raise ValueError(f"depthwise form must be one of {DEPTHWISE_FORMS}, got {form!r}")
+    groups = x.shape[-1]
+    conv = lambda x, kernel: conv2d(x, kernel, stride, groups=groups)
+    shifted = lambda x, kernel: depthwise_shifted(x, kernel, stride)
+    if form == "conv":
+        return conv(x, kernel)
+    if form == "shifted":
+        return shifted(x, kernel)
+    return lax.platform_dependent(x, kernel, cpu=shifted, default=conv)
+
+
 class ConvBN(nn.Module):
     """Bias-free k x k conv (regular or depthwise), BatchNorm, activation.
 
@@ -102,6 +166,7 @@ class ConvBN(nn.Module):
     norm: NormConfig = BACKBONE_NORM
     kernel_init: Initializer = he_normal
     dtype: Any = jnp.float32
+    depthwise_form: str = "auto"  # DEPTHWISE_FORMS: how a depthwise conv computes
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -109,7 +174,7 @@ class ConvBN(nn.Module):
         k = self.kernel_size
         if self.depthwise:
             kernel = self.param("kernel", self.kernel_init, (k, k, 1, cin), jnp.float32)
-            y = conv2d(x, kernel, self.stride, groups=cin)
+            y = depthwise_conv(x, kernel.astype(x.dtype), self.stride, self.depthwise_form)
         else:
             kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
             y = conv2d(x, kernel, self.stride)

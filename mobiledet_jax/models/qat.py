@@ -50,6 +50,8 @@ from qwix._src import aux_data
 from qwix._src.providers import odml_ops
 from qwix._src.utils import flax_util
 
+from mobiledet_jax.models.factory import as_convolutions
+
 INPUT_RANGE = (-1.0, 1.0)  # the model input: preprocess() output
 
 
@@ -135,7 +137,8 @@ def qat_model(model, module_path: str = ".*"):
     """
     check_covered(conv_paths(model), module_path)
     provider = qwix.OdmlQatProvider(rules(module_path), fixed_range_for_inputs=INPUT_RANGE)
-    return qwix.quantize_model(model, register_ops(provider))
+    # depthwise convs as convolutions: the op qwix fake-quantizes (never the CPU's shifted form)
+    return qwix.quantize_model(as_convolutions(model), register_ops(provider))
 
 
 def calibrate(qmodel, variables, images) -> dict:

@@ -57,6 +57,7 @@ class SSDLiteNeck(nn.Module):
     prefix: str = "C5"
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
+    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> list[Array]:
@@ -71,7 +72,9 @@ class SSDLiteNeck(nn.Module):
                 _depth(depth // 2, self.width_multiplier),
             )
             x = ConvBN(half, 1, name=n1, **common)(x, train)
-            x = ConvBN(0, 3, 2, depthwise=True, name=ndw, **common)(x, train)
+            x = ConvBN(
+                0, 3, 2, depthwise=True, depthwise_form=self.depthwise_form, name=ndw, **common
+            )(x, train)
             x = ConvBN(d, 1, name=n2, **common)(x, train)
             maps.append(x)
         return maps
@@ -83,11 +86,14 @@ class BoxPredictor(nn.Module):
     anchors: int
     num_slots: int  # num_classes + 1
     dtype: Any = jnp.float32
+    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
         init = nn.initializers.normal(HEAD_STDDEV)
-        common = dict(norm=HEAD_NORM, kernel_init=init, dtype=self.dtype)
+        common = dict(
+            norm=HEAD_NORM, kernel_init=init, dtype=self.dtype, depthwise_form=self.depthwise_form
+        )
         b = ConvBN(0, 3, depthwise=True, name="BoxEncodingPredictor_depthwise", **common)(x, train)
         b = ConvBias(self.anchors * 4, kernel_init=init, name="BoxEncodingPredictor")(b)
         c = ConvBN(0, 3, depthwise=True, name="ClassPredictor_depthwise", **common)(x, train)
@@ -103,6 +109,7 @@ class SSDLiteHead(nn.Module):
     num_classes: int
     anchors_per_location: Sequence[int]
     dtype: Any = jnp.float32
+    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
 
     @nn.compact
     def __call__(self, maps: Sequence[Array], train: bool = False) -> tuple[Array, Array]:
@@ -111,7 +118,11 @@ class SSDLiteHead(nn.Module):
         boxes, logits = [], []
         for i, (m, a) in enumerate(zip(maps, self.anchors_per_location, strict=True)):
             b, c = BoxPredictor(
-                a, self.num_classes + 1, dtype=self.dtype, name=f"BoxPredictor_{i}"
+                a,
+                self.num_classes + 1,
+                dtype=self.dtype,
+                depthwise_form=self.depthwise_form,
+                name=f"BoxPredictor_{i}",
             )(m, train)
             boxes.append(b)
             logits.append(c)
@@ -128,6 +139,9 @@ class SSDLite(nn.Module):
     # anchor types per location of each map (``detection.anchors.anchors_per_location``); None:
     # the reference anchors'
     anchors_per_location: tuple[int, ...] | None = None
+    # how depthwise convs compute (``layers.DEPTHWISE_FORMS``): the same numbers in every form;
+    # export and QAT use "conv" (one DEPTHWISE_CONV_2D in TFLite, a conv qwix fake-quantizes)
+    depthwise_form: str = "auto"
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> dict[str, Any]:
@@ -135,17 +149,25 @@ class SSDLite(nn.Module):
             raise ValueError(f"expected images [B, H, W, 3], got shape {images.shape}")
         x = images.astype(self.dtype)
         endpoints = Backbone(
-            self.backbone_spec, self.width_multiplier, self.dtype, name="backbone"
+            self.backbone_spec,
+            self.width_multiplier,
+            self.dtype,
+            self.depthwise_form,
+            name="backbone",
         )(x, train)
         src1, src2 = self.backbone_spec.ssd_sources
         extra = SSDLiteNeck(
-            self.backbone_spec.extra_layer_prefix, self.width_multiplier, self.dtype, name="neck"
+            self.backbone_spec.extra_layer_prefix,
+            self.width_multiplier,
+            self.dtype,
+            self.depthwise_form,
+            name="neck",
         )(endpoints[src2], train)
         maps = [endpoints[src1], endpoints[src2], *extra]
         per_location = self.anchors_per_location or reference_anchors_per_location()
-        boxes, logits = SSDLiteHead(self.num_classes, per_location, self.dtype, name="head")(
-            maps, train
-        )
+        boxes, logits = SSDLiteHead(
+            self.num_classes, per_location, self.dtype, self.depthwise_form, name="head"
+        )(maps, train)
         return {
             "box_encodings": boxes.astype(jnp.float32),
             "class_logits": logits.astype(jnp.float32),

@@ -127,10 +127,13 @@ def make_train_step(
     )
 
 
-def train_step_for_config(config: ml_collections.ConfigDict, mesh: Mesh):
+def train_step_for_config(
+    config: ml_collections.ConfigDict, mesh: Mesh, depthwise_form: str = "auto"
+):
     """``(model, optimizer, step)`` of ``config``: the float model, its optimizer and the jitted step
-    as the trainer builds them (for tools that compile or time the step: AOT, benchmarks)."""
-    model = build_model(config.model, config.detection.anchors)
+    as the trainer builds them (for tools that compile or time the step: AOT, benchmarks).
+    ``depthwise_form``: ``models.layers.DEPTHWISE_FORMS`` (benchmarks compare them)."""
+    model = build_model(config.model, config.detection.anchors).clone(depthwise_form=depthwise_form)
     optimizer = make_optimizer(config.train)
     anchors = anchors_lib.anchors_from_config(config.detection.anchors, *input_size(config.model))
     step = make_train_step(

@@ -1,0 +1,105 @@
+"""Depthwise convs compute the same numbers in every form (``layers.DEPTHWISE_FORMS``), forward and
+backward, and the backend picks the form: shifted multiply-adds on CPU, the convolution for TPU."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mobiledet_jax import config as config_lib
+from mobiledet_jax.models import as_convolutions, blocks, build_model, layers
+from mobiledet_jax.models.random_weights import random_variables
+
+
+def _numpy_depthwise(x, kernel, stride):
+    """Independent oracle: TF "SAME" padding, then the sum over the window, in float64."""
+    n, h, w, c = x.shape
+    k = kernel.shape[0]
+    oh, (pt, pb) = layers.same_pads(h, k, stride)
+    ow, (pl, pr) = layers.same_pads(w, k, stride)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    out = np.zeros((n, oh, ow, c))
+    for y in range(oh):
+        for z in range(ow):
+            window = xp[:, y * stride : y * stride + k, z * stride : z * stride + k, :]
+            out[:, y, z, :] = np.einsum("nijc,ijc->nc", window, kernel[:, :, 0, :])
+    return out
+
+
+def test_same_pads_match_tensorflow():
+    # TF: out = ceil(n / s); pad_total = max((out - 1) * s + k - n, 0); before = total // 2
+    assert layers.same_pads(8, 3, 2) == (4, (0, 1))  # even input, stride 2: pad after only
+    assert layers.same_pads(9, 3, 2) == (5, (1, 1))
+    assert layers.same_pads(7, 5, 1) == (7, (2, 2))
+    assert layers.same_pads(1, 3, 2) == (1, (1, 1))
+
+
+@pytest.mark.parametrize(
+    "shape,k,stride",
+    [((2, 8, 8, 4), 3, 1), ((2, 8, 8, 4), 3, 2), ((1, 9, 7, 3), 3, 2), ((1, 10, 10, 6), 5, 2)],
+)
+def test_forms_equal_forward_and_gradients(shape, k, stride):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    kernel = rng.normal(size=(k, k, 1, shape[-1])).astype(np.float32)
+    want = _numpy_depthwise(x, kernel, stride)
+    grads = {}
+    for form in layers.DEPTHWISE_FORMS:
+        f = jax.jit(lambda x, kern, form=form: layers.depthwise_conv(x, kern, stride, form))
+        np.testing.assert_allclose(f(x, kernel), want, rtol=1e-5, atol=1e-5)
+        loss = lambda x, kern, f=f: jnp.sum(jnp.sin(f(x, kern)))
+        grads[form] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+    for form in ("shifted", "auto"):
+        for got, ref in zip(grads[form], grads["conv"], strict=True):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_chooses_the_form():
+    x = jnp.zeros((1, 8, 8, 4))
+    kernel = jnp.zeros((3, 3, 1, 4))
+    traced = jax.jit(lambda x, k: layers.depthwise_conv(x, k, 1)).trace(x, kernel)
+    assert "convolution" not in traced.lower(lowering_platforms=("cpu",)).as_text()
+    tpu = traced.lower(lowering_platforms=("tpu",)).as_text()
+    assert "convolution" in tpu and "feature_group_count = 4" in tpu
+    with pytest.raises(ValueError, match="depthwise form"):
+        layers.depthwise_conv(x, kernel, 1, "fast")
+
+
+def test_whole_model_equal_in_every_form():
+    """The detector's outputs in the backend's form equal the convolution form's (the form the
+    TF1 reference tests and the export use)."""
+    cfg = ml_collections.ConfigDict(config_lib.base_config().model.to_dict())
+    cfg.name, cfg.width_multiplier, cfg.num_classes = "mobiledet_edgetpu", 0.35, 3
+    model = build_model(cfg)
+    images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 64, 64, 3)), jnp.float32)
+    variables = random_variables(model, images.shape[1:3])
+    pinned = as_convolutions(model)
+    assert model.depthwise_form == "auto" and pinned.depthwise_form == "conv"
+    assert as_convolutions(pinned) is pinned
+    got = jax.jit(lambda v, x: model.apply(v, x)["class_logits"])(variables, images)
+    want = jax.jit(lambda v, x: pinned.apply(v, x)["class_logits"])(variables, images)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_block_gradients_equal_in_every_form():
+    """Training gradients of an IBN block (expand, depthwise stride 2, project, batch statistics)."""
+    block = blocks.InvertedBottleneck("ibn", 8, 24, 3, 2, False, "relu6")
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 10, 10, 8)), jnp.float32)
+    variables = block.init(jax.random.key(0), x, train=True)
+
+    def grads(form):
+        b = block.clone(depthwise_form=form)
+
+        def loss(params, x):
+            (y, _), _ = b.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(jnp.tanh(y))
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+
+    ref = grads("conv")
+    for form in ("shifted", "auto"):
+        for got, want in zip(jax.tree.leaves(grads(form)), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
