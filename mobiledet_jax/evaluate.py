@@ -11,7 +11,8 @@ evaluates a workdir checkpoint (trained or imported) on the config's evaluation 
 also written to ``<workdir>/eval_step_<N>.json``, and the pictures of the evaluation
 (``evaluation.visual_report``: PR curves per class at IoU 0.5 and 0.5:0.95, F1 against score
 threshold, the confusion matrix, AP per class, K sample images with ground truth beside detections,
-``metrics.json``) to ``<workdir>/eval_<step>/`` (``--output`` to choose, ``--nofigures`` to skip).
+``metrics.json``) to ``<workdir>/eval_<step>/`` (``--output`` to choose, ``--nofigures`` to skip;
+with ``--output`` the result JSON goes there too, so a read-only workdir still evaluates).
 The best-F1 score thresholds (IoU 0.5, all classes and per class) are printed after the metrics.
 
 With ``--tflite`` the model is an exported file (``python -m mobiledet_jax.export``; raw or
@@ -22,7 +23,6 @@ to ``<file>.eval_<split>.json`` and the pictures to ``--output`` (default ``<fil
 Libraries: ``evaluation.evaluator``, ``evaluation.tflite_eval`` and ``evaluation.visual_report``.
 """
 
-import json
 import sys
 
 import jax
@@ -30,7 +30,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from mobiledet_jax import command_line, console_logs, workdir
+from mobiledet_jax import atomic_files, command_line, config_checks, console_logs, workdir
 from mobiledet_jax import config as config_lib
 from mobiledet_jax.evaluation import curves, evaluator
 from mobiledet_jax.evaluation.coco_metric import format_metrics
@@ -58,6 +58,26 @@ def define_flags() -> None:
 
 def _fail(message: str) -> None:
     command_line.fail(message)
+
+
+def _results_folder(default) -> epath.Path:
+    """Where the result JSON goes: ``--output`` when given (a read-only workdir still evaluates),
+    else beside the checkpoint or file."""
+    return epath.Path(FLAGS.output) if FLAGS.output else default
+
+
+def _check(config, default_folder, device_count: int | None) -> None:
+    """The evaluation settings and a writable place for the results, before anything is read."""
+    try:
+        if config is not None:
+            config_checks.check_eval_config(config, device_count)
+        if FLAGS.output:
+            config_checks.check_writable(FLAGS.output, "--output")
+        else:
+            config_checks.check_writable(default_folder, "the results folder")
+    except config_lib.ConfigError as e:
+        hint = "" if FLAGS.output else "; pass --output=<folder> for the results and figures"
+        _fail(f"{e}{hint}")
 
 
 def _report(result, config, out_dir, step=None) -> None:
@@ -94,6 +114,7 @@ def main_tflite() -> None:
             "evaluate: no --config or --workdir: the default data config, the file's input size",
             file=sys.stderr,
         )
+    _check(config, path.parent, None)  # the file runs on the host: no batch sharding
     num_samples = config.eval.num_sample_images if FLAGS.figures else 0
     try:
         result = tflite_eval.evaluate_tflite_result(config, str(path), num_samples=num_samples)
@@ -101,8 +122,8 @@ def main_tflite() -> None:
         _fail(f"{path}: {e}")
     stem = path.parent / f"{path.name}.eval_{config.eval.split}"
     _report(result, config, FLAGS.output or stem)
-    out = stem.with_name(stem.name + ".json")
-    out.write_text(json.dumps(result.metrics, indent=1))
+    out = _results_folder(path.parent) / f"{stem.name}.json"
+    atomic_files.write_json(out, result.metrics, indent=1)
     print(f"wrote {out}", file=sys.stderr if FLAGS.json == "-" else sys.stdout)
 
 
@@ -114,6 +135,8 @@ def main(argv):
         return main_tflite()
     if not FLAGS.workdir:
         _fail("--workdir (a checkpoint) or --tflite (a file) is required")
+    config = FLAGS.config if FLAGS.config is not None else workdir.load_config(FLAGS.workdir)
+    _check(config, epath.Path(FLAGS.workdir), jax.device_count())
     try:
         result, scored_step, config = evaluator.evaluate_checkpoint_result(
             FLAGS.workdir, workdir.parse_step(FLAGS.checkpoint_step), FLAGS.config
@@ -124,8 +147,8 @@ def main(argv):
     _report(result, config, figures_dir, scored_step)
     if jax.process_index() == 0:
         step = FLAGS.checkpoint_step if FLAGS.checkpoint_step is not None else "latest"
-        out = epath.Path(FLAGS.workdir) / f"eval_step_{step}.json"
-        out.write_text(json.dumps(result.metrics, indent=1))
+        out = _results_folder(epath.Path(FLAGS.workdir)) / f"eval_step_{step}.json"
+        atomic_files.write_json(out, result.metrics, indent=1)
         print(f"wrote {out}", file=sys.stderr if FLAGS.json == "-" else sys.stdout)
 
 

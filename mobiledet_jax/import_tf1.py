@@ -9,16 +9,20 @@ differs; optimizer slots and bookkeeping variables are skipped. The result is wr
 and export read. A 90-class checkpoint (the published COCO models) gets the label record
 ``<workdir>/labels.txt`` with the 90-slot COCO label map (``labels.COCO90_FILE``), so export and
 predict name its classes without any data; ``--labels=<file>`` (one name per line) records other
-names. Library: ``models.tf1_import``.
+names. A workdir that already holds checkpoints is refused (exit 2) before anything is read: an
+import goes into a new workdir, and training starts from it with
+``--config.checkpoint.init_from=<workdir>`` (training in the imported workdir itself is refused).
+Library: ``models.tf1_import``.
 """
 
 import sys
 
 from absl import flags, logging
 
-from mobiledet_jax import command_line
+from mobiledet_jax import command_line, workdir_lock
 from mobiledet_jax import labels as labels_lib
 from mobiledet_jax import workdir as workdir_lib
+from mobiledet_jax.config import ConfigError
 from mobiledet_jax.models import tf1_import
 
 FLAGS = flags.FLAGS
@@ -46,17 +50,32 @@ def _label_names(num_classes: int) -> list[str] | None:
     return None
 
 
+def check_new_workdir(workdir: str) -> None:
+    """Refuses a workdir that already holds checkpoints (a trained or imported model): importing
+    there would mix two models in one folder. ConfigError, before anything is read or written."""
+    for folder in (workdir, str(workdir_lib.workdir_path(workdir) / workdir_lib.BEST_DIR)):
+        step = workdir_lib.latest_step(folder)
+        if step is not None:
+            raise ConfigError(
+                f"workdir {workdir_lib.workdir_path(workdir)} already holds checkpoints (step "
+                f"{step} in {workdir_lib.checkpoint_dir(folder)}): import into a new --workdir"
+            )
+
+
 def main(argv):
     del argv
     try:
+        check_new_workdir(FLAGS.workdir)
         variables, model_config, report = tf1_import.load_tf1_checkpoint(
             FLAGS.model, FLAGS.checkpoint, FLAGS.num_classes
         )
         names = _label_names(FLAGS.num_classes)
         source = f"tf1:{FLAGS.checkpoint}"
-        workdir_lib.save_model(FLAGS.workdir, variables, model_config, FLAGS.step, source)
-        if names is not None:
-            labels_path = workdir_lib.write_labels(FLAGS.workdir, names)
+        with workdir_lock.WorkdirLock(FLAGS.workdir):  # no training run may start meanwhile
+            check_new_workdir(FLAGS.workdir)
+            workdir_lib.save_model(FLAGS.workdir, variables, model_config, FLAGS.step, source)
+            if names is not None:
+                labels_path = workdir_lib.write_labels(FLAGS.workdir, names)
     except (tf1_import.ImportMismatchError, FileNotFoundError, ValueError) as e:
         print(f"import failed: {e}", file=sys.stderr)
         sys.exit(2)

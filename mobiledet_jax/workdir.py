@@ -6,15 +6,18 @@ Layout::
     <workdir>/labels.txt                 the model's class names, one per line (``labels``)
     <workdir>/checkpoints/<step>/model   {'params': ..., 'batch_stats': ...}  (orbax StandardSave)
     <workdir>/checkpoints/<step>/meta    JSON: {'model': <config.model as a dict>, 'source': ...}
+    <workdir>/checkpoints/<step>/checksums.json   size and SHA-256 of every file of the step
     <workdir>/best/checkpoints/<step>/   the best checkpoint by COCO AP (training keeps one)
 
 Training adds its own items (optimizer state, input position; ``training.checkpointing``) beside
 ``model`` in the same step folders; everything that only needs the network restores the ``model``
 and ``meta`` items. A checkpoint is chosen by step (``parse_step``): ``"latest"`` (the default),
-``"best"`` or a step number. ``labels.txt`` is the label record of a model whose names no data
-config gives (``import_tf1`` writes the COCO-90 map there). Paths may be local or any file system
-orbax supports (e.g. ``gs://``); ``<workdir>/best`` given as a workdir finds its parent's
-``config.json`` and ``labels.txt``.
+``"best"`` or a step number; every step is checked before use (``checkpoint_integrity``:
+complete, its checksums, finite values), and for ``"latest"`` / ``"best"`` an unusable one is a
+warning and the next older step is taken. ``labels.txt`` is the label record of a model whose
+names no data config gives (``import_tf1`` writes the COCO-90 map there). Paths may be local or
+any file system orbax supports (e.g. ``gs://``); ``<workdir>/best`` given as a workdir finds its
+parent's ``config.json`` and ``labels.txt``.
 """
 
 import json
@@ -29,11 +32,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mobiledet_jax import atomic_files
+from mobiledet_jax import checkpoint_integrity as integrity
+
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"  # training.checkpointing writes <workdir>/best/checkpoints/<step>/
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
 LATEST, BEST = "latest", "best"
+MODEL_ITEMS = ("model", "meta")  # the items of a step that evaluation, export and init_from read
 
 
 class LoadedModel(NamedTuple):
@@ -82,6 +89,8 @@ def save_model(
         )
         mngr.wait_until_finished()
     path = checkpoint_dir(workdir) / str(step)
+    if jax.process_index() == 0:
+        integrity.write_manifest(path)
     logging.info("saved model checkpoint %s", path)
     return path
 
@@ -103,10 +112,18 @@ def parse_step(step: int | str | None) -> int | str:
 
 
 def latest_step(workdir: str) -> int | None:
+    """The newest step that holds its ``model`` and ``meta`` items (an emptied or half-deleted
+    step folder is passed over; checksums are checked only by ``load_model``), or None."""
     if not checkpoint_dir(workdir).exists():
         return None
     with _manager(workdir, create=False) as mngr:
-        return mngr.latest_step()
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                integrity.check_step(checkpoint_dir(workdir) / str(step), MODEL_ITEMS, verify=False)
+                return step
+            except integrity.UnusableStep:
+                continue
+    return None
 
 
 def _local_target(item_dir) -> Any:
@@ -144,7 +161,10 @@ def load_model(workdir: str, step: int | str | None = None) -> LoadedModel:
     None), ``"best"`` (``<workdir>/best``, the best checkpoint by COCO AP that training keeps) or
     a step number (``parse_step``).
 
-    Raises FileNotFoundError with the folder searched when there is no such checkpoint.
+    Every step is checked before use (``checkpoint_integrity``: complete, its checksums, finite
+    values); for ``"latest"`` and ``"best"`` an unusable step is a warning and the next older step
+    is taken. Raises FileNotFoundError with the folder searched when there is no such checkpoint,
+    ``checkpoint_integrity.CheckpointError`` when none of the candidates is usable.
     """
     step = parse_step(step)
     directory = _steps_folder(workdir, step)
@@ -153,19 +173,26 @@ def load_model(workdir: str, step: int | str | None = None) -> LoadedModel:
         steps = mngr.all_steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint steps in {directory}")
-        if step in (LATEST, BEST):
-            step = mngr.latest_step()
-        elif step not in steps:
+        if step not in (LATEST, BEST) and step not in steps:
             raise FileNotFoundError(f"step {step} not in {directory} (have {sorted(steps)})")
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardRestore(_local_target(directory / str(step) / "model")),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-    variables = jax.tree.map(np.asarray, dict(restored["model"]))
-    return LoadedModel(variables, dict(restored["meta"]), int(step))
+
+        def attempt(s: int) -> LoadedModel:
+            integrity.check_step(directory / str(s), MODEL_ITEMS)
+            restored = mngr.restore(
+                s,
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardRestore(_local_target(directory / str(s) / "model")),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+            variables = jax.tree.map(np.asarray, dict(restored["model"]))
+            integrity.check_finite(variables)
+            return LoadedModel(variables, dict(restored["meta"]), int(s))
+
+        hint = "pass --checkpoint_step=latest or a step number" if step == BEST else ""
+        candidates = steps if step in (LATEST, BEST) else [step]
+        loaded, _ = integrity.newest_usable(candidates, attempt, str(directory), hint=hint)
+    return loaded
 
 
 def model_config_from_meta(meta: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -174,9 +201,10 @@ def model_config_from_meta(meta: Mapping[str, Any]) -> ml_collections.ConfigDict
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """``<workdir>/config.json``: the resolved config (process 0 writes it)."""
+    """``<workdir>/config.json``: the resolved config (process 0 writes it, atomically)."""
     if jax.process_index() == 0:
-        (workdir_path(workdir) / CONFIG_FILE).write_text(config.to_json(indent=1, sort_keys=True))
+        text = config.to_json(indent=1, sort_keys=True)
+        atomic_files.write_text(workdir_path(workdir) / CONFIG_FILE, text)
 
 
 def _workdir_file(workdir: str, name: str) -> epath.Path:
@@ -211,8 +239,7 @@ def write_labels(workdir: str, names) -> epath.Path:
 
     path = workdir_path(workdir) / LABELS_FILE
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(labels_lib.labels_text(names))
+        atomic_files.write_text(path, labels_lib.labels_text(names))
     return path
 
 

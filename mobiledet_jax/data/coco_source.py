@@ -7,24 +7,24 @@ the clean examples round-robin into ``num_shards`` TFRecord files of ``tf.train.
 The tf.data graph then reads only clean data. Processes read disjoint sets of shards.
 
 The output folder is written under a temporary name and renamed into place, so concurrent
-preparers never expose a half-written split; a folder prepared from a different annotations file
-or options is refused, not silently reused.
+preparers never expose a half-written split (a killed preparation leaves only its hidden temporary
+folder, removed by the next start on the same host: ``temporaries``); a folder prepared from other annotations, images (their names, sizes and modification
+times) or options is refused, not silently reused, and a reuse is logged.
 """
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
-import sys
-import time
-import uuid
 from collections.abc import Callable
 
 import tensorflow as tf
 
-from mobiledet_jax.data import records, validate
+from mobiledet_jax.data import records, temporaries, validate
+from mobiledet_jax.progress import Progress
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
@@ -49,15 +49,48 @@ class PreparedSplit:
         return sum(self.shard_sizes)
 
 
-def fingerprint(annotations: str | os.PathLike, *, max_boxes: int, label_map: str) -> str:
-    """Identifies a preparation: the annotations file's content and the options."""
+def fingerprint(
+    annotations: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    *,
+    max_boxes: int,
+    label_map: str,
+) -> str:
+    """Identifies a preparation: the annotations file's content, the name, size and modification
+    time of every file under ``images`` (so replaced or edited images prepare again; a stat per
+    file, no image is read) and the options."""
     if not pathlib.Path(annotations).is_file():
         raise validate.DataError(f"annotations file not found: {annotations}")
     digest = _options_digest(max_boxes, label_map)
     with open(annotations, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
+    if images is not None:
+        digest.update(b"images|" + _folder_identity(pathlib.Path(images)).encode())
     return digest.hexdigest()[:16]
+
+
+def _folder_identity(root: pathlib.Path) -> str:
+    """``relative path|size|mtime_ns`` of every file under ``root``, sorted (cheap: stats only)."""
+    lines, stack = [], [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            lines.append(f"{folder}|missing")
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True):
+                stack.append(pathlib.Path(entry.path))
+            else:
+                try:
+                    st = entry.stat(follow_symlinks=True)
+                except OSError:
+                    continue
+                rel = os.path.relpath(entry.path, root)
+                lines.append(f"{rel}|{st.st_size}|{st.st_mtime_ns}")
+    return "\n".join(sorted(lines))
 
 
 def fingerprint_identity(identity: str, *, max_boxes: int, label_map: str) -> str:
@@ -108,7 +141,7 @@ def prepare(
 
     Raises ``validate.DataError`` (with the full report) when the data is not usable.
     """
-    key = fingerprint(annotations, max_boxes=max_boxes, label_map=label_map)
+    key = fingerprint(annotations, images, max_boxes=max_boxes, label_map=label_map)
     return prepare_data(
         lambda scratch: validate.read_coco_data(annotations, images),
         key,
@@ -136,10 +169,17 @@ def prepare_data(
     not hold ``key``'s split yet). ``scratch`` is an empty folder for files the reader must write
     (the images inside TFRecords), deleted once the shards are written."""
     output_dir = pathlib.Path(output_dir)
+    temporaries.remove_stale(output_dir)  # left by killed preparations on this host
     if (output_dir / METADATA).is_file():
-        return _check_reuse(output_dir, key)
+        split = _check_reuse(output_dir, key)
+        logging.info(
+            "reusing prepared data at %s (%d images, sources unchanged)",
+            output_dir,
+            split.num_examples,
+        )
+        return split
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporaries.private_name(output_dir)
     tmp.mkdir()
     try:
         scratch = tmp / "scratch"
@@ -161,7 +201,7 @@ def _check_reuse(output_dir: pathlib.Path, key: str) -> PreparedSplit:
     split = load_prepared(output_dir)
     if split.fingerprint != key:
         raise validate.DataError(
-            f"{output_dir} holds data prepared from a different annotations file or options "
+            f"{output_dir} holds data prepared from different annotations, images or options "
             f"(fingerprint {split.fingerprint}, expected {key}); delete it or choose another "
             "prepared_dir"
         )
@@ -176,7 +216,9 @@ def _write(data, out, key, max_boxes, label_map, num_shards, workers, progress):
     writers = [tf.io.TFRecordWriter(str(out / name)) for name in names]
     sizes = [0] * num_shards
     gt_images, gt_annotations = [], []
-    meter = _Progress(f"prepare {report.annotations}", len(coco["images"]), enabled=progress)
+    meter = Progress(
+        f"prepare {report.annotations}", len(coco["images"]), "image", enabled=progress
+    )
     clean = validate.iter_clean_images(
         coco, data.images, labels, report, max_boxes=max_boxes, workers=workers
     )
@@ -206,7 +248,7 @@ def _write(data, out, key, max_boxes, label_map, num_shards, workers, progress):
         meter.update(report.num_usable_images + sum(report.counts[r] for r in _SKIPS))
     for writer in writers:
         writer.close()
-    meter.done()
+    meter.close()
     if not report.usable:
         raise validate.DataError(f"dataset not usable:\n{report.format()}", report)
     validate.assign_missing_ids(gt_annotations)
@@ -235,30 +277,3 @@ def _write(data, out, key, max_boxes, label_map, num_shards, workers, progress):
 
 
 _SKIPS = ("missing_image_file", "corrupt_image")
-
-
-class _Progress:
-    """Prints 'done/total, rate, ETA' to stderr at most every few seconds."""
-
-    def __init__(self, label: str, total: int, enabled: bool = True, every_s: float = 5.0):
-        self.label, self.total, self.enabled, self.every_s = label, total, enabled, every_s
-        self.start = self.last = time.monotonic()
-        self.count = 0
-
-    def update(self, count: int) -> None:
-        self.count = count
-        now = time.monotonic()
-        if self.enabled and now - self.last >= self.every_s:
-            self.last = now
-            rate = count / max(now - self.start, 1e-9)
-            eta = (self.total - count) / max(rate, 1e-9)
-            print(
-                f"{self.label}: {count}/{self.total} images ({rate:.0f}/s, ETA {eta:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def done(self) -> None:
-        if self.enabled:
-            elapsed = time.monotonic() - self.start
-            print(f"{self.label}: {self.count} images in {elapsed:.1f}s", file=sys.stderr)

@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 
+from mobiledet_jax import atomic_files
 from mobiledet_jax.data import problems
 
 FORMATS = {
@@ -75,7 +76,7 @@ def convert(data_config, splits, output_dir: str | os.PathLike) -> list:
             **data.coco,
         }
         path = output_dir / f"instances_{split}.json"
-        path.write_text(json.dumps(coco))
+        atomic_files.write_text(path, json.dumps(coco))  # a killed convert keeps the old file
         written.append(Converted(split, path, data.images, data.report))
     return written
 

@@ -159,7 +159,7 @@ def _prepare(data_config, split: str) -> coco_source.PreparedSplit:
     if explicit:
         output = pathlib.Path(explicit) / split
     else:
-        key = coco_source.fingerprint(annotations, **options)
+        key = coco_source.fingerprint(annotations, images, **options)
         output = cache / "prepared" / f"{stem}-{split}-{key}"
     return coco_source.prepare(
         annotations, images, output, num_shards=data_config.num_shards, **options

@@ -12,10 +12,11 @@ import json
 import os
 import pathlib
 import shutil
-import uuid
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mobiledet_jax.data import temporaries
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 IMAGE_SIZES = ((320, 320), (240, 320), (320, 240), (288, 352))  # (height, width)
@@ -45,13 +46,15 @@ def ensure_synthetic(
     """Returns the ``train`` and ``val`` splits, generating them under ``cache_dir`` if missing.
 
     Generation writes to a private temporary folder and renames it into place, so concurrent
-    processes sharing a file system never see a half-written dataset.
+    processes sharing a file system never see a half-written dataset; the folder of a killed
+    generation is removed by the next call on the same host (``temporaries``).
     """
     cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
     root = cache / f"synthetic_v{FORMAT_VERSION}_seed{seed}_{num_train}_{num_val}"
+    temporaries.remove_stale(root)  # left by killed generations on this host
     if not root.is_dir():
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = temporaries.private_name(root)
         try:
             generate_split(tmp / "train", num_train, seed=seed, split_id=0)
             generate_split(tmp / "val", num_val, seed=seed, split_id=1)

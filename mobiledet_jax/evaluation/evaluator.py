@@ -15,7 +15,6 @@ first K images with their ground truth and detections (``evaluation.samples``), 
 import dataclasses
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +30,7 @@ from mobiledet_jax.detection import postprocess
 from mobiledet_jax.evaluation.coco_metric import CocoEvaluator
 from mobiledet_jax.evaluation.samples import Sample, SampleCollector
 from mobiledet_jax.models import build_model, input_size, preprocess
+from mobiledet_jax.progress import Progress
 from mobiledet_jax.sharding import make_mesh, replicated
 
 DetectFn = Callable[[dict[str, Any]], tuple[Any, dict[str, np.ndarray]]]
@@ -53,9 +53,10 @@ def run_coco_evaluation(
     info,
     max_batches: int = -1,
     log_every: int = 20,
+    label: str = "eval",
 ) -> dict[str, float]:
     """The COCO metrics of ``run_evaluation`` (same arguments, no samples)."""
-    return run_evaluation(detect, eval_iterable, info, max_batches, log_every).metrics
+    return run_evaluation(detect, eval_iterable, info, max_batches, log_every, label=label).metrics
 
 
 def run_evaluation(
@@ -66,6 +67,7 @@ def run_evaluation(
     log_every: int = 20,
     num_samples: int = 0,
     pixels: bool = False,
+    label: str = "eval",
 ) -> EvalResult:
     """Runs ``detect`` over the split and scores the detections with pycocotools.
 
@@ -77,13 +79,15 @@ def run_evaluation(
       eval_iterable: batches of ``mobiledet_jax.data.build_eval_iterator``.
       info: the split's ``DatasetInfo`` (category ids and names).
       max_batches: stop after this many batches (-1: the whole split).
+      log_every: progress (``mobiledet_jax.progress``): off a terminal a line every this many
+        batches and one at the end; 0: silent. ``label`` names the progress line.
       num_samples: keep the first this many images with their ground truth and detections.
       pixels: the batch images are [0, 255] pixels (else [-1, 1]); only for the samples.
     """
     evaluator = CocoEvaluator(category_ids=info.category_ids, category_names=info.category_names)
     samples = SampleCollector(num_samples, pixels)
     total = len(eval_iterable) if max_batches < 0 else min(max_batches, len(eval_iterable))
-    start = time.time()
+    bar = Progress(label, total, "batch", enabled=bool(log_every) and jax.process_index() == 0)
     for i, batch in enumerate(eval_iterable):
         if i == total:
             break
@@ -104,8 +108,8 @@ def run_evaluation(
             gt_is_crowd=gt["gt_is_crowd"],
             example_mask=gt["example_mask"],
         )
-        if log_every and ((i + 1) % log_every == 0 or i + 1 == total):
-            logging.info("evaluated %d/%d batches (%.1f s)", i + 1, total, time.time() - start)
+        bar.update(i + 1, line=bool(log_every) and (i + 1) % log_every == 0)
+    bar.close()
     metrics = evaluator.compute()
     return EvalResult(metrics, evaluator, samples.samples, tuple(info.category_names))
 

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from mobiledet_jax import atomic_files
 from mobiledet_jax.evaluation import confusion, curves
 from mobiledet_jax.evaluation.evaluator import EvalResult
 from mobiledet_jax.visualization import draw, figures, mosaic
@@ -169,7 +170,7 @@ def write_eval_report(
         "confusion_matrix": _confusion_json(analysis, config),
     }
     metrics_path = out_dir / METRICS_FILE
-    metrics_path.write_text(json.dumps(report, indent=1))
+    atomic_files.write_text(metrics_path, json.dumps(report, indent=1))  # whole or the old one
     return [*written, metrics_path]
 
 

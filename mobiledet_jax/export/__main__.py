@@ -32,7 +32,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mobiledet_jax import command_line, workdir
+from mobiledet_jax import command_line, config_checks, workdir
 from mobiledet_jax import config as config_lib
 from mobiledet_jax.export import exporter, inputs
 
@@ -113,6 +113,7 @@ def main(argv):
             export_block, **{name: getattr(FLAGS, name) for name in OPTION_FLAGS}
         )
         opts.resolved_format()
+        config_checks.check_export(opts, FLAGS.output)  # before anything is read or converted
         result = exporter.export_checkpoint(
             FLAGS.workdir,
             FLAGS.output,

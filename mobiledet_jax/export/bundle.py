@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from mobiledet_jax import atomic_files
 from mobiledet_jax import labels as labels_lib
 
 MODEL_CACHE = "/config/model_cache"  # Frigate's folder for model files (in its /config volume)
@@ -81,8 +82,8 @@ def frigate_yaml(out: pathlib.Path, opts, size, coco: dict | None) -> str:
 def write(out: pathlib.Path, names, opts, size, coco: dict | None) -> dict[str, str]:
     """Writes ``<file>.labels.txt`` and ``<file>.frigate.yml``; returns their paths."""
     files = paths(out)
-    files["labels_file"].write_text(labels_lib.labels_text(names))
-    files["frigate_file"].write_text(frigate_yaml(out, opts, size, coco))
+    atomic_files.write_text(files["labels_file"], labels_lib.labels_text(names))
+    atomic_files.write_text(files["frigate_file"], frigate_yaml(out, opts, size, coco))
     return {k: str(v) for k, v in files.items()}
 
 

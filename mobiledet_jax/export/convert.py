@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 import jax
 import numpy as np
 
-from mobiledet_jax.models import preprocess
+from mobiledet_jax.models import as_convolutions, preprocess
 from mobiledet_jax.tflite import flatbuffer, io_names
 
 FORMATS = ("float32", "float16", "int8")
@@ -49,6 +49,7 @@ def serving_function(model, variables, head: str = "logits") -> Callable:
     if head not in HEADS:
         raise ValueError(f"head must be one of {sorted(HEADS)}, got {head!r}")
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    model = as_convolutions(model)  # one DEPTHWISE_CONV_2D per depthwise conv in the file
 
     def fn(pixels):
         out = model.apply(variables, preprocess(pixels), train=False)

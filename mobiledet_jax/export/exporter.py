@@ -23,6 +23,7 @@ Steps, in order:
 from __future__ import annotations
 
 import dataclasses
+import io
 import pathlib
 import time
 
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mobiledet_jax import atomic_files
 from mobiledet_jax import config as config_lib
 from mobiledet_jax import workdir as workdir_lib
 from mobiledet_jax.detection import anchors as anchors_lib
@@ -47,6 +49,7 @@ from mobiledet_jax.export import (
     report,
 )
 from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.progress import Progress, format_duration
 from mobiledet_jax.sharding import host_mesh
 from mobiledet_jax.tflite import flatbuffer, runtime
 
@@ -143,9 +146,11 @@ def coco_comparison(tflite: bytes, model, variables, eval_iterable, opts, anchor
     per_batch = eval_iterable.global_batch_size
     max_batches = -1 if opts.eval_images < 0 else -(-opts.eval_images // per_batch)
     detect = jax_detect_fn(model, anchors, host_mesh(), nms, pixels=True)
-    m_jax = run_coco_evaluation(lambda b: detect(variables, b), eval_iterable, info, max_batches)
+    m_jax = run_coco_evaluation(
+        lambda b: detect(variables, b), eval_iterable, info, max_batches, label="eval (JAX)"
+    )
     tfl_detect = runtime.tflite_detect_fn(runtime.TFLiteModel(tflite), anchors, nms)
-    tfl = run_evaluation(tfl_detect, eval_iterable, info, max_batches)
+    tfl = run_evaluation(tfl_detect, eval_iterable, info, max_batches, label="eval (TFLite)")
     scored = max_batches * per_batch  # whole batches are scored
     n = info.num_examples if max_batches < 0 else min(info.num_examples, scored)
     keep = lambda m: {k: float(v) for k, v in m.items() if "/" not in k}
@@ -210,29 +215,36 @@ def export_model(
     head = "scores" if opts.outputs == "postprocessed" else "logits"
     quantization = None if fmt != "int8" else ("qat" if variables.get("quant_stats") else "ptq")
     t0 = time.time()
+    stages = Progress("export", 5, "stage")  # inputs, convert, parity, file, scoring
+    stages.update(0, f"{fmt}: labels, calibration and evaluation inputs", line=True)
     got = inputs.resolve(model_config, size, quantization, opts, data_config, data_origin,
                          workdir_names)  # fmt: skip
     t1 = time.time()
+    stages.update(1, f"{fmt}: converting (jax2tf -> SavedModel -> TFLite)", line=True)
     body, convert_s = _convert_body(model, variables, size, fmt, head, opts, got.calibration)
     fused = convert.check_fused(body, convert.count_convs(variables))
+    stages.update(2, f"parity against JAX on {len(got.parity_pixels)} images", line=True)
     par = parity(body, model, variables, got.parity_pixels, head) if got.parity_pixels else {}
     anchor_settings = anchors_lib.AnchorSettings.from_config(detection_config.anchors)
     anchors = anchors_lib.anchors_for_image(*size, anchor_settings)
     nms = postprocess.NmsSettings.from_config(detection_config.nms)
     op_nms = postprocess_op.NmsConfig.from_settings(nms, use_regular_nms=not opts.fast_nms)
+    stages.update(3, "post-processing, metadata, file", line=True)
     final = body
     if opts.outputs == "postprocessed":
         final = postprocess_op.append_postprocess(body, anchors, model_config.num_classes, op_nms)
     final = _with_metadata(final, model_config, got.names, fmt, size, meta, opts)
     out = pathlib.Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(final)
+    atomic_files.write_bytes(out, final)  # a killed or failed write keeps the previous file
     if opts.outputs == "raw":
-        np.save(out.with_name(out.name + ".anchors.npy"), anchors)
+        buffer = io.BytesIO()
+        np.save(buffer, anchors)
+        atomic_files.write_bytes(out.with_name(out.name + ".anchors.npy"), buffer.getvalue())
     pre = None
     if opts.target in delegate_rules.TARGETS:
         result = delegate_rules.check(final, opts.target, opts.edgetpu_runtime_version)
         pre = {**result.to_dict(), "table": result.table()}
+    stages.update(4, "scoring the file (COCO, latency)", line=True)
     coco = {"split": opts.eval_split, "images": 0, "error": got.coco_skipped}
     if got.coco_skipped is None:
         coco = coco_comparison(final, model, variables, got.eval_iterable, opts, anchors, nms)
@@ -265,6 +277,8 @@ def export_model(
         bundle=files,
     )  # fmt: skip
     report.write(r, out)
+    stages.update(5)
+    stages.close(f"{out} in {format_duration(time.time() - t0)}")
     return r
 
 

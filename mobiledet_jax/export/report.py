@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mobiledet_jax import atomic_files
 from mobiledet_jax.export import bundle as bundle_lib
 from mobiledet_jax.tflite import flatbuffer
 
@@ -144,8 +145,9 @@ def paths(output: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 def write(report: dict[str, Any], output: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """Writes ``<output>.report.json`` and ``<output>.report.md``; returns both paths."""
     json_path, md_path = paths(output)
-    json_path.write_text(json.dumps(report, indent=1, sort_keys=False, default=_jsonable))
-    md_path.write_text(markdown(report))
+    text = json.dumps(report, indent=1, sort_keys=False, default=_jsonable)
+    atomic_files.write_text(json_path, text)  # whole or not at all, as every file kept
+    atomic_files.write_text(md_path, markdown(report))
     return json_path, md_path
 
 

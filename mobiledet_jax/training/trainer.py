@@ -1,11 +1,12 @@
 """``train_and_evaluate(config, workdir)``: the training loop behind ``python -m mobiledet_jax.train``.
 
 SPMD over global ``jax.Array`` batches on a 1-D ``data`` mesh (state replicated, synchronized BN),
-orbax checkpoints (async, keep K, input position included), resume from the latest complete
-checkpoint on start, save-and-exit on SIGTERM (TPU preemption), clu metrics (TensorBoard +
-console, process 0), periodic COCO evaluation with an evaluator built once and the best checkpoint
-kept, and guards: a NaN/Inf loss, gradient or update stops the run naming the step before anything
-non-finite is saved (``monitoring.FiniteGuard``), and a recompiled train step is an error.
+orbax checkpoints (async, keep K, input position included), resume from the newest usable
+checkpoint on start (``checkpointing``), save-and-exit on SIGTERM (TPU preemption) and Ctrl-C,
+clu metrics (TensorBoard + console, process 0), periodic COCO evaluation with an evaluator built
+once and the best checkpoint kept, and guards: a NaN/Inf loss, gradient or update stops the run
+naming the step before anything non-finite is saved (``monitoring.FiniteGuard``), and a recompiled
+train step is an error.
 
 ``config.train.qat`` trains the fake-quantized model of ``models/qat.py`` (qwix; TFLite's int8
 scheme): its ``quant_stats`` are calibrated on the first batch (or, on resume, restored), averaged
@@ -21,20 +22,25 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from clu import periodic_actions
 from etils import epath
 
-from mobiledet_jax import data
+from mobiledet_jax import config_checks, data, workdir_lock
 from mobiledet_jax import workdir as workdir_lib
 from mobiledet_jax.config import ConfigError
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.evaluation.coco_metric import format_metrics
 from mobiledet_jax.evaluation.evaluator import Evaluator
 from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.progress import Progress
 from mobiledet_jax.sharding import make_mesh, replicated
 from mobiledet_jax.training import finetune
 from mobiledet_jax.training.checkpointing import TrainCheckpointer
-from mobiledet_jax.training.monitoring import FiniteGuard, MetricsLog, write_eval_figures
+from mobiledet_jax.training.monitoring import (
+    FiniteGuard,
+    MetricsLog,
+    progress_text,
+    write_eval_figures,
+)
 from mobiledet_jax.training.optimizer import make_optimizer
 from mobiledet_jax.training.preemption import PreemptionWatcher
 from mobiledet_jax.training.state import TrainState, create_train_state
@@ -42,8 +48,9 @@ from mobiledet_jax.training.step import make_train_step
 
 
 def _check_data(config, info) -> None:
-    """The model must have exactly the data's classes, and the batch must divide over the devices:
-    a full recipe (90 COCO classes) on the 4-class synthetic default stops here, naming the fix."""
+    """The model must have exactly the data's classes: a full recipe (90 COCO classes) on the
+    4-class synthetic default stops here, naming the fix (every other setting was checked before
+    any data was read: ``config_checks.check_train_config``)."""
     model_classes, data_classes = config.model.num_classes, info.num_classes
     if data_classes > model_classes:
         raise ConfigError(
@@ -60,11 +67,6 @@ def _check_data(config, info) -> None:
         raise ConfigError(
             f"config.model.num_classes is {model_classes} but the {config.data.source} data has "
             f"{data_classes} classes: {hint}set --config.model.num_classes={data_classes}"
-        )
-    if config.train.batch_size % jax.device_count():
-        raise ConfigError(
-            f"global batch {config.train.batch_size} does not divide over {jax.device_count()} "
-            "devices"
         )
 
 
@@ -125,11 +127,24 @@ class _Run:
     ckpt: TrainCheckpointer
     step_fn: Any
     evaluator: Evaluator | None
+    lock: workdir_lock.WorkdirLock | None = None  # held until train_and_evaluate returns
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: str) -> _Run:
-    workdir = workdir_lib.workdir_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    """Checks every setting (nothing is read or written before), takes the workdir's lock (a second
+    run refuses at once), refuses a workdir whose checkpoints are another setting's, then builds
+    the run; ``config.json`` and ``labels.txt`` are written last, once everything else stands."""
+    config_checks.check_train_config(config, jax.device_count(), workdir)
+    lock = workdir_lock.hold(workdir)  # creates the workdir
+    try:
+        return _prepare_locked(config, workdir_lib.workdir_path(workdir), lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _prepare_locked(config, workdir: epath.Path, lock) -> _Run:
+    config_checks.check_workdir(config, str(workdir))
     mesh = make_mesh(config.mesh)
     model = build_model(config.model, config.detection.anchors)
     size = input_size(config.model)
@@ -139,8 +154,6 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         config.data, tcfg.batch_size, size, mesh, seed=config.seed
     )
     _check_data(config, train_iter.info)
-    workdir_lib.write_config(config, str(workdir))
-    workdir_lib.write_labels(str(workdir), train_iter.info.category_names)
 
     optimizer = make_optimizer(tcfg)
     state = create_train_state(model, optimizer, size, jax.random.key(config.seed), mesh)
@@ -168,7 +181,9 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     evaluator = None
     if config.eval.max_batches != 0:  # built once: every evaluation reuses iterator and program
         evaluator = Evaluator(config, mesh, model=train_model)
-    return _Run(config, workdir, train_iter, state, ckpt, step_fn, evaluator)
+    workdir_lib.write_config(config, str(workdir))  # after every check and the restore
+    workdir_lib.write_labels(str(workdir), train_iter.info.category_names)
+    return _Run(config, workdir, train_iter, state, ckpt, step_fn, evaluator, lock)
 
 
 def _evaluate(run: _Run, step: int, last: bool, log: MetricsLog, best_ap: float):
@@ -193,9 +208,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tcfg, ckpt = config.train, run.ckpt
     log, guard = MetricsLog(run.workdir), FiniteGuard()
     start_step = int(jax.device_get(run.state.step))
-    report = periodic_actions.ReportProgress(
-        num_train_steps=tcfg.num_steps, writer=log.writer, every_steps=tcfg.log_every
-    )
+    bar = Progress(  # the first step (compile) stays out of the ETA
+        "train", tcfg.num_steps, "step", start=start_step, eta_from=start_step + 1,
+        enabled=jax.process_index() == 0,
+    )  # fmt: skip
     preemption = PreemptionWatcher()
     best_ap = ckpt.best_ap()  # -1 when there is none yet: a resumed run keeps the true best
     metrics_window, input_wait, window_start = [], 0.0, time.time()
@@ -213,7 +229,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             compiled_size = compiled_size or run.step_fn._cache_size()
             if tcfg.nan_check_every and step % tcfg.nan_check_every == 0:
                 check_finite()
-            report(step)
             last = step == tcfg.num_steps
             if step % tcfg.log_every == 0 or last:
                 check_finite()
@@ -225,19 +240,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 elapsed = time.time() - window_start
                 scalars = _window_scalars(metrics_window, tcfg.batch_size, elapsed, input_wait)
                 log.write(step, scalars)
+                bar.update(step, progress_text(scalars), line=True)
                 metrics_window, input_wait, window_start = [], 0.0, time.time()
+            else:
+                bar.update(step)
             if step % config.checkpoint.every_steps == 0 or last:
                 check_finite()  # nothing non-finite is ever saved
                 ckpt.save(run.state, run.train_iter, force=last)
             eval_now = config.eval.every_steps and step % config.eval.every_steps == 0
             if (eval_now or last) and run.evaluator is not None:
                 check_finite()
-                with report.timed("eval"):
-                    final_metrics, best_ap = _evaluate(run, step, last, log, best_ap)
+                final_metrics, best_ap = _evaluate(run, step, last, log, best_ap)
             if preemption.should_stop(step) and not last:
                 check_finite()
                 ckpt.save(run.state, run.train_iter, force=True)
                 ckpt.wait()
+                preemption.stopped(step)  # Ctrl-C: raises Interrupted (the command exits 130)
                 logging.warning("preempted: saved step %d, exiting", step)
                 break
         if start_step >= tcfg.num_steps and run.evaluator is not None:
@@ -245,7 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             final_metrics = run.evaluator.evaluate(run.state.variables)
         ckpt.wait()
     finally:
+        bar.close()
         preemption.close()
         log.flush()
         ckpt.close()
+        run.lock.release()
     return final_metrics

@@ -53,6 +53,16 @@ def test_preemption_and_crashes_resume_exactly(shared, tmp_path):
     # the final COCO table is printed once, on stdout; the log has a one-line summary of it
     assert ref.stdout.count("per-class AP") == 1 and "per-class AP" not in ref.stderr
     assert "step 12 eval: AP " in ref.stderr
+    # the console (a pipe here, not a terminal): one readable line per log step, no bar, none of
+    # clu's per-scalar lines nor orbax's / TensorFlow's INFO lines
+    lines = [ln for ln in ref.stderr.splitlines() if ln.startswith("train: step ")]
+    assert [ln.split()[2] for ln in lines if "loss " in ln] == [
+        f"{s}/{STEPS}" for s in range(1, 13)
+    ]
+    assert all(" lr " in ln and " img/s" in ln for ln in lines if "loss " in ln)
+    assert "ETA " in lines[-2] and lines[-1].startswith(f"train: step {STEPS}/{STEPS} in ")
+    assert "\r" not in ref.stderr and "logging_writer" not in ref.stderr
+    assert "Sharding callback" not in ref.stderr
 
     work = tmp_path / "interrupted"
     # 1. SIGTERM (a TPU preemption notice): save the current step and exit cleanly.
