@@ -45,6 +45,10 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     # DSP block 20 (Fused 160->160): residual in TF1 (the published checkpoints), not in TF2.
     m.dsp_block20_residual = True
     m.compute_dtype = "float32"  # or "bfloat16"; parameters stay float32
+    # > 0: backbone BatchNorms over maps of at least this many pixels (e.g. 1600 = 40x40) compute
+    # their train-mode statistics in one shifted pass that XLA fuses into the conv (fewer HBM
+    # bytes on TPU; models.layers.OnePassBatchNorm); 0: two passes everywhere, as TF
+    m.bn_one_pass_min_pixels = 0
     return m
 
 
@@ -72,7 +76,7 @@ def train_config(schedule: str = "long") -> ml_collections.ConfigDict:
     t.momentum = 0.9  # SGD with (non-Nesterov) momentum
     t.l2_weight = 4e-5  # slim convention: l2_weight * 0.5 * sum(w^2) over conv kernels
     t.grad_clip_norm = 0.0  # 0: none (the reference config sets none)
-    t.log_every = 100  # steps between metric lines
+    t.log_every = 100  # steps between metric lines (>= 1; every setting: config_checks.py)
     # NaN/Inf guard: the loss, gradient norm and update norm of every step are checked on the host
     # with each log window and before every checkpoint save and evaluation, so nothing non-finite
     # is ever saved. N > 0 also checks every N steps (each check waits for the device); 0: only then.
@@ -101,7 +105,7 @@ def base_config(model_name: str = "mobiledet_edgetpu", schedule: str = "long"):
     c.mesh.data = -1  # devices along the data axis; -1 = all devices (parameters replicated)
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 2000
+    c.checkpoint.every_steps = 2000  # steps between checkpoints (>= 1; the last step is saved)
     c.checkpoint.keep = 3  # most recent checkpoints kept (the best-by-mAP one is kept apart)
     c.checkpoint.async_save = True
     c.checkpoint.init_from = ""  # workdir of a checkpoint to fine-tune from ("" = from scratch)

@@ -120,12 +120,17 @@ class Backbone(nn.Module):
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
     depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
+    bn_one_pass_min_pixels: int = 0  # layers.NormConfig.one_pass_min_pixels
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
         endpoints = {}
         spec = self.spec
-        norm = NormConfig(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon)
+        norm = NormConfig(
+            momentum=spec.bn_momentum,
+            epsilon=spec.bn_epsilon,
+            one_pass_min_pixels=self.bn_one_pass_min_pixels,
+        )
         kernel_init = truncated_normal(spec.init_stddev) if spec.init_stddev > 0 else he_normal
         for b in resolve_blocks(spec, self.width_multiplier, x.shape[-1]):
             row = b.spec

@@ -38,6 +38,7 @@ def build_model(
         num_classes=model_config.num_classes,
         width_multiplier=model_config.width_multiplier,
         dtype=COMPUTE_DTYPES[model_config.compute_dtype],
+        bn_one_pass_min_pixels=model_config.get("bn_one_pass_min_pixels", 0),
         anchors_per_location=anchors_lib.anchors_per_location(
             None if anchor_config is None else anchors_lib.AnchorSettings.from_config(anchor_config)
         ),

@@ -71,10 +71,15 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 @dataclasses.dataclass(frozen=True)
 class NormConfig:
-    """BatchNorm settings of one part of the network (TF ``decay`` is Flax ``momentum``)."""
+    """BatchNorm settings of one part of the network (TF ``decay`` is Flax ``momentum``).
+
+    ``one_pass_min_pixels`` > 0: a train-mode BN over at least that many pixels per image (H x W)
+    computes its batch statistics in one pass, shifted by the running mean (``OnePassBatchNorm``),
+    which XLA fuses into the convolution that produces the input; 0: two passes everywhere."""
 
     momentum: float
     epsilon: float
+    one_pass_min_pixels: int = 0
 
 
 BACKBONE_NORM = NormConfig(momentum=0.99, epsilon=0.01)  # docs/reference/architectures.md
@@ -178,7 +183,8 @@ class ConvBN(nn.Module):
         else:
             kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
             y = conv2d(x, kernel, self.stride)
-        y = nn.BatchNorm(
+        one_pass = 0 < self.norm.one_pass_min_pixels <= y.shape[1] * y.shape[2]
+        y = (OnePassBatchNorm if one_pass else nn.BatchNorm)(
             use_running_average=not train,
             momentum=self.norm.momentum,
             epsilon=self.norm.epsilon,
@@ -189,6 +195,46 @@ class ConvBN(nn.Module):
             name="BatchNorm",
         )(y)
         return ACTIVATIONS[self.activation](y)
+
+
+class OnePassBatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` (same variables, same inference math) whose train-mode statistics take one
+    pass over the input: with the running mean ``s`` as a shift (held constant),
+    ``mean = s + E[x - s]`` and ``var = E[(x - s)^2] - E[x - s]^2``, both float32 reductions of the
+    input alone, which XLA fuses into the convolution that writes it instead of re-reading it for
+    a second, centered pass. The gradient is the two-pass form's (``s`` is a constant). The shift
+    keeps the cancellation of the one-pass form small once the running mean is near the batch
+    mean; at initialization (running mean 0) it is the plain one-pass form, which is why
+    ``NormConfig.one_pass_min_pixels`` keeps it to large maps, whose channels average many
+    pixels (the catastrophic case, a mean 1000x its spread, is a 1x1 map of a few images)."""
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        features = (x.shape[-1],)
+        ra_mean = self.variable(
+            "batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features
+        )
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            shift = lax.stop_gradient(ra_mean.value)
+            d = x.astype(jnp.float32) - shift
+            m1, m2 = jnp.mean(d, axes), jnp.mean(d * d, axes)
+            mean, var = shift + m1, jnp.maximum(m2 - m1 * m1, 0.0)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        # flax's _normalize, in its order: (x - mean) * (rsqrt(var + eps) * scale) + bias
+        y = x - mean
+        y = y * (lax.rsqrt(var + self.epsilon) * scale)
+        return jnp.asarray(y + bias, self.dtype or x.dtype)
 
 
 class ConvBias(nn.Module):

@@ -142,6 +142,9 @@ class SSDLite(nn.Module):
     # how depthwise convs compute (``layers.DEPTHWISE_FORMS``): the same numbers in every form;
     # export and QAT use "conv" (one DEPTHWISE_CONV_2D in TFLite, a conv qwix fake-quantizes)
     depthwise_form: str = "auto"
+    # backbone BatchNorms over maps of at least this many pixels take their train-mode statistics
+    # in one pass (``layers.OnePassBatchNorm``); 0: two passes everywhere (``config.model``)
+    bn_one_pass_min_pixels: int = 0
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> dict[str, Any]:
@@ -153,6 +156,7 @@ class SSDLite(nn.Module):
             self.width_multiplier,
             self.dtype,
             self.depthwise_form,
+            self.bn_one_pass_min_pixels,
             name="backbone",
         )(x, train)
         src1, src2 = self.backbone_spec.ssd_sources

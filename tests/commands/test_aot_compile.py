@@ -170,9 +170,14 @@ def test_aot_compile_small_slice(tmp_path):
         )
     out = tmp_path / "aot.json"
     overrides = [f"--config.{k}={v}" for k, v in SMALL.items()]
-    done = _run("--config=configs/quickstart.py", "--topology=v5e-4", f"--json={out}", *overrides)
+    done = _run(
+        "--config=configs/quickstart.py", "--topology=v5e-4", f"--json={out}", "--top_ops=3",
+        *overrides,
+    )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "fits v5e-4" in done.stdout
+    assert "roofline estimate (not a measurement)" in done.stdout
+    assert "top ops by bytes" in done.stdout
     r = json.loads(out.read_text())
     assert (r["devices"], r["global_batch"], r["batch_per_device"]) == (4, 8, 2)
     assert r["libtpu_topology"] == "v5e:2x2" and r["hbm_gib"] == 16 and r["fits"]
@@ -199,3 +204,21 @@ def test_aot_compile_small_slice(tmp_path):
     cpu_flops = aot.lower_train_step(config, mesh, 2).cost_analysis()["flops"]
     assert 0.8 < r["flops_per_device"] / cpu_flops < 1.6, (r["flops_per_device"], cpu_flops)
     assert r["flops_total"] == pytest.approx(4 * r["flops_per_device"])
+
+    # Every key of cost_analysis() is kept; the roofline is built on its FLOPs and bytes.
+    cost, roof = r["cost_analysis"], r["roofline"]
+    assert cost["flops"] == r["flops_per_device"] and "bytes accessed" in cost
+    assert cost["bytes accessed"] == r["bytes_accessed_per_device"] > 0
+    assert roof["bytes_per_image"] == pytest.approx(r["bytes_accessed_per_device"] / 2)
+    assert roof["step_s"] == max(roof["compute_s"], roof["memory_s"]) > 0
+    assert roof["images_per_s_per_slice"] == pytest.approx(4 * roof["images_per_s_per_chip"])
+    assert set(roof["schedules"]) == {"long", "short"}
+
+    # Where the bytes go: the HLO's own MXU FLOP count is close to XLA's; the top ops name the
+    # Flax modules they come from.
+    hlo = r["hlo"]
+    assert 0.8 < hlo["flops"] / r["flops_per_device"] < 1.3, (hlo["flops"], r["flops_per_device"])
+    assert len(hlo["top_by_bytes"]) == len(hlo["top_by_flops"]) == 3
+    assert hlo["top_by_flops"][0]["module"].startswith("SSDLite/")
+    assert hlo["top_by_flops"][0]["pass"] in ("forward", "backward")
+    assert 0 < hlo["bytes"] <= hlo["all_spaces_bytes"]
