@@ -44,7 +44,10 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     m.width_multiplier = 1.0  # the TF1 depth_multiplier, applied with the round8 rule
     # DSP block 20 (Fused 160->160): residual in TF1 (the published checkpoints), not in TF2.
     m.dsp_block20_residual = True
-    m.compute_dtype = "float32"  # or "bfloat16"; parameters stay float32
+    # "float32", "bfloat16" or "auto" (bfloat16 on TPU, float32 elsewhere); parameters, BN
+    # statistics, optimizer state and the loss stay float32. Not yet "auto" by default: the
+    # quickstart in bfloat16 ended 0.06 AP below float32 (README, TPU cost section)
+    m.compute_dtype = "float32"
     # > 0: backbone BatchNorms over maps of at least this many pixels (e.g. 1600 = 40x40) compute
     # their train-mode statistics in one shifted pass that XLA fuses into the conv (fewer HBM
     # bytes on TPU; models.layers.OnePassBatchNorm); 0: two passes everywhere, as TF

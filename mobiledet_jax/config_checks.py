@@ -32,12 +32,13 @@ from mobiledet_jax import workdir as workdir_lib
 from mobiledet_jax.config import ConfigError
 
 MIN_INPUT_SIZE = 32  # the input side of the stride-32 C5 map's one cell; smaller is not a detector
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 EVAL_SPLITS = ("train", "val")
 
 # What a workdir's checkpoints are made of: a rerun must not change these (config.json + meta).
 HELD_PREFIXES = ("model.", "data.", "detection.anchors.", "train.qat")
-# data.* fields that only say where files are cached or how fast they are read.
+# fields that only say where files are cached, how fast they are read, or how the same
+# parameters are computed
 NOT_HELD = frozenset(
     {
         "data.cache_dir",
@@ -47,6 +48,9 @@ NOT_HELD = frozenset(
         "data.tfds.data_dir",
         "data.tfds.manual_dir",
         "data.tfds.download",
+        # how the same parameters are computed: a resumed run may change them
+        "model.compute_dtype",
+        "model.bn_one_pass_min_pixels",
     }
 )
 MAX_LISTED = 6  # differing fields named in the message

@@ -1,5 +1,9 @@
 """``build_model(config.model)``: the SSDLite detector a config describes, and its input size."""
 
+import dataclasses
+
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -8,6 +12,16 @@ from mobiledet_jax.models import specs
 from mobiledet_jax.models.ssdlite import SSDLite
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+AUTO_DTYPE = "auto"  # bfloat16 on TPU, float32 elsewhere
+
+
+def resolve_compute_dtype(name: str, platform: str | None = None) -> str:
+    """``config.model.compute_dtype`` for ``platform`` (default: JAX's default backend):
+    ``"auto"`` is ``"bfloat16"`` on TPU (parameters, BN statistics, optimizer state and the loss
+    stay float32) and ``"float32"`` elsewhere; a named dtype is itself."""
+    if name != AUTO_DTYPE:
+        return name
+    return "bfloat16" if (platform or jax.default_backend()) == "tpu" else "float32"
 
 
 def backbone_spec(name: str, dsp_block20_residual: bool = True) -> specs.BackboneSpec:
@@ -29,15 +43,17 @@ def build_model(
 ) -> SSDLite:
     """The SSDLite detector described by ``config.model``; its box predictor has as many anchor
     types per location as ``config.detection.anchors`` (default: the reference, 3, 6, 6, 6, 6, 6)."""
-    if model_config.compute_dtype not in COMPUTE_DTYPES:
+    dtype = resolve_compute_dtype(model_config.compute_dtype)
+    if dtype not in COMPUTE_DTYPES:
         raise ValueError(
-            f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {model_config.compute_dtype!r}"
+            f"compute_dtype must be {AUTO_DTYPE!r} or one of {sorted(COMPUTE_DTYPES)}, got "
+            f"{model_config.compute_dtype!r}"
         )
     return SSDLite(
         backbone_spec=backbone_spec(model_config.name, model_config.dsp_block20_residual),
         num_classes=model_config.num_classes,
         width_multiplier=model_config.width_multiplier,
-        dtype=COMPUTE_DTYPES[model_config.compute_dtype],
+        dtype=COMPUTE_DTYPES[dtype],
         bn_one_pass_min_pixels=model_config.get("bn_one_pass_min_pixels", 0),
         anchors_per_location=anchors_lib.anchors_per_location(
             None if anchor_config is None else anchors_lib.AnchorSettings.from_config(anchor_config)
@@ -48,10 +64,18 @@ def build_model(
 def as_convolutions(model):
     """``model`` with its depthwise convs pinned to ``lax.conv_general_dilated`` (the ``"conv"``
     form of ``layers.depthwise_conv``): what jax2tf exports as DEPTHWISE_CONV_2D and what qwix
-    fake-quantizes. The same parameters and outputs; a module without the field is returned as is."""
-    if getattr(model, "depthwise_form", "conv") == "conv":
-        return model
-    return model.clone(depthwise_form="conv")
+    fake-quantizes. The same parameters and outputs. Modules held in fields (a detector wrapped
+    in another module) are pinned too; a module with nothing to pin is returned as is."""
+    changes = {}
+    if getattr(model, "depthwise_form", "conv") != "conv":
+        changes["depthwise_form"] = "conv"
+    for field in dataclasses.fields(model):
+        value = getattr(model, field.name, None)
+        if field.name not in ("parent", "name") and isinstance(value, nn.Module):
+            pinned = as_convolutions(value)
+            if pinned is not value:
+                changes[field.name] = pinned
+    return model.clone(**changes) if changes else model
 
 
 def input_size(model_config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -33,6 +33,7 @@ import ml_collections
 from mobiledet_jax import sharding
 from mobiledet_jax.data import schema
 from mobiledet_jax.models import input_size
+from mobiledet_jax.models.factory import resolve_compute_dtype
 from mobiledet_jax.tpu_slices import TpuSlice
 from mobiledet_jax.training import hlo_costs, roofline
 from mobiledet_jax.training import state as state_lib
@@ -256,6 +257,11 @@ def run(config: ml_collections.ConfigDict, topology: str, top_ops: int = 0) -> d
     if len(devices) != tpu.devices:
         raise RuntimeError(f"libtpu gave {len(devices)} devices for {tpu.topology}")
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1}), devices)
+    # the host is a CPU, the program a TPU's: "auto" resolves for the TPU
+    dtype = resolve_compute_dtype(config.model.compute_dtype, "tpu")
+    if dtype != config.model.compute_dtype:
+        config = config.copy_and_resolve_references()
+        config.model.compute_dtype = dtype  # an existing field: allowed on a locked config
     start = time.perf_counter()
     lowered = lower_train_step(config, mesh, batch)
     try:

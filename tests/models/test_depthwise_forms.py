@@ -1,6 +1,7 @@
 """Depthwise convs compute the same numbers in every form (``layers.DEPTHWISE_FORMS``), forward and
 backward, and the backend picks the form: shifted multiply-adds on CPU, the convolution for TPU."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,6 +11,13 @@ import pytest
 from mobiledet_jax import config as config_lib
 from mobiledet_jax.models import as_convolutions, blocks, build_model, layers
 from mobiledet_jax.models.random_weights import random_variables
+
+
+class _Wrapper(nn.Module):
+    detector: nn.Module
+
+    def __call__(self, x):
+        return self.detector(x)
 
 
 def _numpy_depthwise(x, kernel, stride):
@@ -77,6 +85,8 @@ def test_whole_model_equal_in_every_form():
     pinned = as_convolutions(model)
     assert model.depthwise_form == "auto" and pinned.depthwise_form == "conv"
     assert as_convolutions(pinned) is pinned
+    wrapped = as_convolutions(_Wrapper(model))  # a detector held by another module is pinned too
+    assert wrapped.detector.depthwise_form == "conv"
     got = jax.jit(lambda v, x: model.apply(v, x)["class_logits"])(variables, images)
     want = jax.jit(lambda v, x: pinned.apply(v, x)["class_logits"])(variables, images)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -65,6 +65,8 @@ def test_the_same_setting_resumes_and_free_fields_may_change(trained):
     config.data.prefetch = 4  # how fast data is read
     config.data.cache_dir = "/elsewhere"
     config.eval.batch_size = 16
+    config.model.compute_dtype = "bfloat16"  # how the same parameters compute
+    config.model.bn_one_pass_min_pixels = 400
     config_checks.check_workdir(config, str(work))
 
 

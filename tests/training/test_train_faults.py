@@ -139,7 +139,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(shared, tmp_
     )
     proc = th.run("nan", overrides, env, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr[-4000:]
-    message = [ln for ln in proc.stderr.splitlines() if ln.startswith("train: ")]
+    message = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if ln.startswith("train: ") and not ln.startswith("train: step ")  # not progress lines
+    ]
     assert message, proc.stderr[-4000:]
     stopped = re.search(r"is (nan|inf|-inf)\b.* at step (\d+); stopping", message[0])
     assert stopped and "is intact" in message[0], message[0]
