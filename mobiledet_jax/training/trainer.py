@@ -3,7 +3,8 @@
 SPMD over global ``jax.Array`` batches on a 1-D ``data`` mesh (state replicated, synchronized BN),
 orbax checkpoints (async, keep K, input position included), resume from the newest usable
 checkpoint on start (``checkpointing``), save-and-exit on SIGTERM (TPU preemption) and Ctrl-C,
-clu metrics (TensorBoard + console, process 0), periodic COCO evaluation with an evaluator built
+metrics to TensorBoard (clu) and JSON lines with one console line per log step
+(``progress``, process 0), periodic COCO evaluation with an evaluator built
 once and the best checkpoint kept, and guards: a NaN/Inf loss, gradient or update stops the run
 naming the step before anything non-finite is saved (``monitoring.FiniteGuard``), and a recompiled
 train step is an error.
