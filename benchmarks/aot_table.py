@@ -27,7 +27,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mobiledet_jax.config import MODEL_NAMES  # noqa: E402
+from mobiledet_jax.config import PUBLISHED_MODELS  # noqa: E402
 from mobiledet_jax.tpu_chips import CHIPS  # noqa: E402
 from mobiledet_jax.tpu_slices import TpuSlice  # noqa: E402
 from mobiledet_jax.training.roofline import roofline  # noqa: E402
@@ -188,7 +188,9 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated model names")
+    p.add_argument(
+        "--models", default=",".join(PUBLISHED_MODELS), help="comma-separated model names"
+    )
     p.add_argument("--slices", default="v4-32,v5e-16", help="comma-separated TPU slices")
     p.add_argument("--dtypes", default="float32", help="comma-separated compute dtypes")
     p.add_argument(
@@ -225,7 +227,7 @@ def main() -> None:
     pairs.sort()
     for model, slice_name in pairs:
         if not (REPO / "configs" / f"{model}.py").exists():
-            p.error(f"no configs/{model}.py (models: {', '.join(MODEL_NAMES)})")
+            p.error(f"no configs/{model}.py (models: {', '.join(PUBLISHED_MODELS)})")
         try:
             TpuSlice.parse(slice_name)
         except ValueError as e:

@@ -116,9 +116,9 @@ def build(
     ``preprocessed`` takes float32 images in [-1, 1] (no rescaling layer); ``batch_size`` is the
     input's static batch (None: any); ``batchnorm``: "keras" or "fused" (training mode, see above).
     """
-    from mobiledet_jax.models import backbone_spec, input_size
+    from mobiledet_jax.models import input_size, model_backbone_spec
 
-    spec = backbone_spec(model_config.name, model_config.dsp_block20_residual)
+    spec = model_backbone_spec(model_config)
     if spec.naming != "mobiledet":
         raise NotImplementedError("only the MobileDet tables are built in Keras")
     wm = model_config.width_multiplier

@@ -15,26 +15,13 @@ with the default 512 training images the model fits train far better than val; a
 cropping slows the first few hundred steps down.
 """
 
-from mobiledet_jax.config import base_config
+from mobiledet_jax.config import apply_quickstart_recipe, base_config
 
 
 def get_config(arg: str = ""):
     del arg
     config = base_config("mobiledet_gpu")
-    config.model.num_classes = 4  # the synthetic dataset's classes
-    config.model.image_size = 160
+    apply_quickstart_recipe(config)  # 4 classes, 160x160, 800 steps of 16, SGD 0.2 (config.py)
     config.model.width_multiplier = 0.35
-    config.data.synthetic.num_train = 4096  # generated once (~30 s), cached
-    config.data.augment.ssd_random_crop = False  # flips only: faster early learning
-    t = config.train
-    t.num_steps = 800
-    t.batch_size = 16
-    t.base_lr = 0.2
-    t.warmup_lr = 0.02
-    t.warmup_steps = 50
-    t.log_every = 25
-    config.checkpoint.every_steps = 200
-    config.eval.every_steps = 0  # evaluate once, at the end
-    config.eval.batch_size = 32
     config.lock()
     return config

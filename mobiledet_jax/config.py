@@ -17,8 +17,10 @@ class ConfigError(ValueError):
 SOURCES = ("synthetic", "coco_json", "tfds", "yolo", "voc", "tfod_tfrecord")
 LABEL_MAPS = ("dataset", "coco90")
 
-# Model names understood by ``mobiledet_jax.models.build_model``.
-MODEL_NAMES = (
+# The published architectures (each has configs/<name>.py) and, with them, the model names
+# understood by ``mobiledet_jax.models.build_model``: "searched" is a backbone table held in
+# ``config.model.arch`` (the result of ``python -m mobiledet_jax.search``; configs/searched.py).
+PUBLISHED_MODELS = (
     "mobiledet_cpu",
     "mobiledet_dsp",
     "mobiledet_edgetpu",
@@ -27,6 +29,8 @@ MODEL_NAMES = (
     "mobilenet_v3_large",
     "mobilenet_v3_small",
 )
+SEARCHED_MODEL = "searched"
+MODEL_NAMES = (*PUBLISHED_MODELS, SEARCHED_MODEL)
 
 
 def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
@@ -52,6 +56,9 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     # their train-mode statistics in one shifted pass that XLA fuses into the conv (fewer HBM
     # bytes on TPU; models.layers.OnePassBatchNorm); 0: two passes everywhere, as TF
     m.bn_one_pass_min_pixels = 0
+    # name == "searched": the backbone table as JSON (models.specs.spec_to_json; the "rows" of a
+    # search's arch.json, read by configs/searched.py); "" for the published models
+    m.arch = ""
     return m
 
 
@@ -283,3 +290,97 @@ def data_config() -> ml_collections.ConfigDict:
     d.num_parallel_calls = -1  # -1 = tf.data AUTOTUNE
     d.prefetch = 2  # batches
     return d
+
+
+def search_config() -> ml_collections.ConfigDict:
+    """The ``config.search`` block of ``python -m mobiledet_jax.search`` (docs/search.md): the
+    space, the latency model and target, the reward, and the REINFORCE controller (TuNAS'
+    constants). The shared weights train with ``config.train`` (its steps are the search's)."""
+    s = ml_collections.ConfigDict()
+    s.space = "tiny"  # search.space.SPACES: <target>_<ibn|ibn_fused|ibn_fused_tucker>, tiny, test
+    # Latency table JSON (python -m mobiledet_jax.latency_table); it must carry an accuracy report
+    s.cost_model = ""
+    s.c0_ms = 0.0  # latency target in ms; 0: c0_scale x the table's latency of the middle arch
+    s.c0_scale = 1.0
+    s.reward = (
+        "abs"  # abs: Q + beta |c/c0 - 1|; mnas: Q (c/c0)^beta; mnas_hard: Q min((c/c0)^beta, 1)
+    )
+    s.beta = -0.10
+    s.quality = "ap"  # reward quality on the reward batch: "ap" (COCO AP@[.5:.95]) or "ap50"
+    s.reward_fraction = 0.1  # training images held out for the reward (never val, never trained on)
+    s.reward_batch_size = 32
+    s.controller_lr = 5e-3  # Adam(b1=0, b2=0.999, eps=1e-8); 0 until rl_delay, then x10 to the end
+    s.rl_delay = 0.25  # fraction of the steps before the controller learns
+    s.op_warmup = 0.25  # fraction of the steps over which op decisions fade from uniform
+    s.filter_warmup = 0.25  # fraction of the steps over which widths fade from the largest
+    s.baseline_momentum = 0.95
+    s.entropy_weight = 0.0
+    s.log_logits_every = 25  # steps between controller-probability records (pictures, TensorBoard)
+    return s
+
+
+def search_base_config() -> ml_collections.ConfigDict:
+    """A complete, unlocked search config: the shared weights train with the quickstart's recipe
+    (``apply_quickstart_recipe``) for 1500 steps unless a config file says otherwise."""
+    c = base_config("searched", "long")
+    apply_quickstart_recipe(c)
+    c.search = search_config()
+    c.train.num_steps = 1500
+    c.checkpoint.every_steps = 250
+    return c
+
+
+def apply_quickstart_recipe(c: ml_collections.ConfigDict) -> None:
+    """The quickstart's sizes and optimizer on the embedded synthetic data (configs/quickstart.py;
+    also the recipe a searched architecture is compared with on a CPU): 4 classes at 160x160, 800
+    steps of 16 images, SGD peak 0.2 after 50 warm-up steps, flips only, one final evaluation."""
+    c.model.num_classes = 4  # the synthetic dataset's classes
+    c.model.image_size = 160
+    c.data.synthetic.num_train = 4096  # generated once (~30 s), cached
+    c.data.augment.ssd_random_crop = False  # flips only: faster early learning
+    t = c.train
+    t.num_steps = 800
+    t.batch_size = 16
+    t.base_lr = 0.2
+    t.warmup_lr = 0.02
+    t.warmup_steps = 50
+    t.log_every = 25
+    c.checkpoint.every_steps = 200
+    c.eval.every_steps = 0  # evaluate once, at the end
+    c.eval.batch_size = 32
+
+
+SEARCH_VARIANTS = ("ibn", "ibn_fused", "ibn_fused_tucker")  # the paper's search-space ablations
+
+
+def search_tpu_config(target: str, arg: str = "") -> ml_collections.ConfigDict:
+    """The full-size MobileDets search on a TPU slice (configs/search_<target>.py), unlocked:
+    COCO train2017 through TFDS (10% held out for the reward) at 320x320; the shared weights
+    train with SGD peak 4.0, 2000 warm-up steps and cosine decay at batch 1024; the reward batch
+    is 1024 too. ``arg``: ``[<variant>][:final]``, variant one of SEARCH_VARIANTS (default
+    ibn_fused_tucker), ``final`` for 100K steps (default 50K, the ablations' length)."""
+    parts = [p for p in (arg or "").split(":") if p]
+    unknown = [p for p in parts if p not in (*SEARCH_VARIANTS, "final")]
+    if unknown:
+        raise ValueError(
+            f"unknown search option {unknown[0]!r}: use [<{'|'.join(SEARCH_VARIANTS)}>][:final]"
+        )
+    variant = next((p for p in parts if p in SEARCH_VARIANTS), "ibn_fused_tucker")
+    c = search_base_config()
+    c.search.space = f"{target}_{variant}"
+    c.search.reward_batch_size = 1024
+    c.model.num_classes = 90
+    c.model.image_size = 320
+    c.data.source = "tfds"
+    c.data.label_map = "coco90"
+    c.data.augment.ssd_random_crop = True
+    c.eval.every_steps = 0
+    t = c.train
+    t.num_steps = 100_000 if "final" in parts else 50_000
+    t.batch_size = 1024
+    t.base_lr = 4.0
+    t.warmup_lr = 4.0 / 6
+    t.warmup_steps = 2000
+    t.log_every = 100
+    c.checkpoint.every_steps = 2000
+    return c

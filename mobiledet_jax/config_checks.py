@@ -115,9 +115,34 @@ def _divides(config, field: str, devices: int) -> None:
         _fail(f"config.{field}={batch} does not divide over the {devices} devices: use {hint}")
 
 
+def _check_arch(m) -> None:
+    """``model.arch`` is a backbone table (JSON with rows) exactly when the model is "searched"."""
+    arch = m.get("arch", "")
+    if m.name != config_lib.SEARCHED_MODEL:
+        if arch:
+            _fail(
+                f'config.model.arch is set but config.model.name is {m.name!r}: it is read only for "searched"'
+            )
+        return
+    if not arch:
+        _fail(
+            'config.model.name is "searched" but config.model.arch is empty: use '
+            "--config=configs/searched.py:<search workdir>/arch.json"
+        )
+    try:
+        table = json.loads(arch)
+    except ValueError as e:
+        _fail(f"config.model.arch is not JSON ({e})")
+    if not isinstance(table, dict) or not table.get("blocks"):
+        _fail(
+            "config.model.arch holds no backbone rows (expected models.specs.spec_to_json output)"
+        )
+
+
 def check_model(config) -> None:
     m = config.model
     _choice(config, "model.name", config_lib.MODEL_NAMES)
+    _check_arch(m)
     _int(config, "model.num_classes", 1, "foreground classes")
     _number(config, "model.width_multiplier", 0.0, strict=True)
     _choice(config, "model.compute_dtype", COMPUTE_DTYPES)

@@ -174,10 +174,13 @@ def build_train_iterator(
     *,
     data_axis=DATA_AXIS,
     pixels: bool = False,
+    holdout: tuple[str, float] | None = None,
 ) -> TrainIterator:
     """Training batches of ``data_config`` as global arrays sharded over ``mesh[data_axis]``.
 
-    ``pixels=True``: images as float32 [0, 255] pixels (int8 calibration of an export)."""
+    ``pixels=True``: images as float32 [0, 255] pixels (int8 calibration of an export).
+    ``holdout=("held_out" | "rest", fraction)``: one part of a fixed split of the training images
+    (``pipeline.in_holdout``; the architecture search's reward images and the rest)."""
     size = _image_size(image_size)
     split = sources.open_split(data_config, "train")
     shard_index, num_shards, local = data_shard(mesh, data_axis, global_batch_size)
@@ -190,6 +193,7 @@ def build_train_iterator(
         cfg=data_config,
         seed=seed,
         pixels=pixels,
+        holdout=holdout,
     )
     meta = {
         "seed": seed,
@@ -200,6 +204,8 @@ def build_train_iterator(
     }
     if pixels:
         meta["pixels"] = True
+    if holdout is not None:
+        meta["holdout"] = list(holdout)
     sharding = NamedSharding(mesh, PartitionSpec(data_axis))
     return TrainIterator(ds, sharding, global_batch_size, split, meta)
 

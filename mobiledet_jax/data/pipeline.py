@@ -97,6 +97,17 @@ def preprocess_eval(example: dict, image_size: tuple, cfg, pixels: bool = False)
     }
 
 
+HOLDOUT_PARTS = ("held_out", "rest")
+
+
+def in_holdout(image_id: tf.Tensor, fraction: float) -> tf.Tensor:
+    """Whether an image belongs to the held-out ``fraction`` of a split: a fixed multiplicative
+    hash of its id (Knuth's 2654435761 mod 2^32), so the same images on every host, epoch and
+    resume, whatever the shard or shuffle order."""
+    h = tf.math.floormod(tf.cast(image_id, tf.int64) * 2654435761, 2**32)
+    return tf.cast(h, tf.float64) < fraction * 2.0**32
+
+
 def train_dataset(
     split,
     *,
@@ -107,9 +118,21 @@ def train_dataset(
     cfg,
     seed: int,
     pixels: bool = False,
+    holdout: tuple[str, float] | None = None,
 ) -> tf.data.Dataset:
-    """Infinite, shuffled, augmented batches of this data shard (``batch_size`` = local batch)."""
+    """Infinite, shuffled, augmented batches of this data shard (``batch_size`` = local batch).
+
+    ``holdout=(part, fraction)``: only the images of one part of a fixed split of the training
+    images by id (``in_holdout``): ``"held_out"`` (a ``fraction`` of them) or ``"rest"``."""
     ds = split.dataset(shard_index, num_shards, training=True, seed=seed)
+    if holdout is not None:
+        part, fraction = holdout
+        if part not in HOLDOUT_PARTS or not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"holdout must be ({' or '.join(HOLDOUT_PARTS)}, 0 < f < 1), got {holdout}"
+            )
+        want = part == "held_out"
+        ds = ds.filter(lambda ex: tf.equal(in_holdout(ex["image/id"], fraction), want))
     ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     base_seed = tf.constant([seed, shard_index], tf.int64)
 

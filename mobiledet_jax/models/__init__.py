@@ -14,6 +14,7 @@ from mobiledet_jax.models.factory import (
     backbone_spec,
     build_model,
     input_size,
+    model_backbone_spec,
 )
 from mobiledet_jax.models.ssdlite import SSDLite, preprocess
 
@@ -26,6 +27,7 @@ __all__ = [
     "build_model",
     "endpoint_widths",
     "input_size",
+    "model_backbone_spec",
     "preprocess",
     "resolve_blocks",
 ]

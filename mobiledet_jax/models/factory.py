@@ -13,6 +13,7 @@ from mobiledet_jax.models.ssdlite import SSDLite
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 AUTO_DTYPE = "auto"  # bfloat16 on TPU, float32 elsewhere
+SEARCHED = "searched"  # config.SEARCHED_MODEL: the table is config.model.arch
 
 
 def resolve_compute_dtype(name: str, platform: str | None = None) -> str:
@@ -24,10 +25,22 @@ def resolve_compute_dtype(name: str, platform: str | None = None) -> str:
     return "bfloat16" if (platform or jax.default_backend()) == "tpu" else "float32"
 
 
-def backbone_spec(name: str, dsp_block20_residual: bool = True) -> specs.BackboneSpec:
-    """The table of a model name from ``mobiledet_jax.config.MODEL_NAMES``."""
+def backbone_spec(
+    name: str, dsp_block20_residual: bool = True, arch: str = ""
+) -> specs.BackboneSpec:
+    """The table of a model name from ``mobiledet_jax.config.MODEL_NAMES``; for ``"searched"`` the
+    table is ``arch`` (``specs.spec_to_json``, as ``config.model.arch`` holds it)."""
     from mobiledet_jax.models import baselines  # the MobileNet tables
 
+    if name == SEARCHED:
+        if not arch:
+            raise ValueError(
+                'model "searched" needs its backbone table in config.model.arch: use '
+                "configs/searched.py:<workdir>/arch.json"
+            )
+        return specs.spec_from_json(arch)
+    if arch:
+        raise ValueError(f"config.model.arch is only read for model {SEARCHED!r}, not {name!r}")
     table = {**specs.MOBILEDETS, **baselines.BASELINES}
     if name not in table:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(table)}")
@@ -35,6 +48,13 @@ def backbone_spec(name: str, dsp_block20_residual: bool = True) -> specs.Backbon
     if name == "mobiledet_dsp" and not dsp_block20_residual:
         spec = specs.dsp_tf2_variant(spec)
     return spec
+
+
+def model_backbone_spec(model_config: ml_collections.ConfigDict) -> specs.BackboneSpec:
+    """The backbone table ``config.model`` describes."""
+    return backbone_spec(
+        model_config.name, model_config.dsp_block20_residual, model_config.get("arch", "")
+    )
 
 
 def build_model(
@@ -50,7 +70,7 @@ def build_model(
             f"{model_config.compute_dtype!r}"
         )
     return SSDLite(
-        backbone_spec=backbone_spec(model_config.name, model_config.dsp_block20_residual),
+        backbone_spec=model_backbone_spec(model_config),
         num_classes=model_config.num_classes,
         width_multiplier=model_config.width_multiplier,
         dtype=COMPUTE_DTYPES[dtype],

@@ -6,6 +6,7 @@ the rows.
 """
 
 import dataclasses
+import json
 
 # Block types.
 CONV = "conv"  # k x k conv, BN, act (the stem, and the final 1x1 of the MobileNets)
@@ -246,3 +247,45 @@ def dsp_tf2_variant(spec: BackboneSpec = MOBILEDET_DSP) -> BackboneSpec:
     blocks = list(spec.blocks)
     blocks[DSP_BLOCK20_INDEX] = dataclasses.replace(blocks[DSP_BLOCK20_INDEX], residual=False)
     return dataclasses.replace(spec, blocks=tuple(blocks))
+
+
+SPEC_JSON_VERSION = 1
+
+
+def spec_to_dict(spec: BackboneSpec) -> dict:
+    """A backbone table as plain JSON data (every field; rows as lists of field dicts)."""
+    out = dataclasses.asdict(spec)
+    out["blocks"] = [dataclasses.asdict(b) for b in spec.blocks]
+    out["ssd_sources"] = list(spec.ssd_sources)
+    out["version"] = SPEC_JSON_VERSION
+    return out
+
+
+def spec_from_dict(data: dict) -> BackboneSpec:
+    """The inverse of ``spec_to_dict``; unknown fields are an error (a table from a newer version)."""
+    data = dict(data)
+    version = data.pop("version", SPEC_JSON_VERSION)
+    if version != SPEC_JSON_VERSION:
+        raise ValueError(f"backbone table version {version}, this code reads {SPEC_JSON_VERSION}")
+    block_fields = {f.name for f in dataclasses.fields(BlockSpec)}
+    spec_fields = {f.name for f in dataclasses.fields(BackboneSpec)}
+    unknown = set(data) - spec_fields
+    if unknown:
+        raise ValueError(f"unknown backbone table fields {sorted(unknown)}")
+    rows = []
+    for row in data.pop("blocks"):
+        bad = set(row) - block_fields
+        if bad:
+            raise ValueError(f"unknown block fields {sorted(bad)}")
+        rows.append(BlockSpec(**row))
+    if "ssd_sources" in data:
+        data["ssd_sources"] = tuple(data["ssd_sources"])
+    return BackboneSpec(blocks=tuple(rows), **data)
+
+
+def spec_to_json(spec: BackboneSpec) -> str:
+    return json.dumps(spec_to_dict(spec), sort_keys=True)
+
+
+def spec_from_json(text: str) -> BackboneSpec:
+    return spec_from_dict(json.loads(text))

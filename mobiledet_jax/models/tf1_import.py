@@ -21,7 +21,7 @@ from flax import traverse_util
 
 from mobiledet_jax import config as config_lib
 from mobiledet_jax.models import tf1_names
-from mobiledet_jax.models.factory import backbone_spec, build_model
+from mobiledet_jax.models.factory import build_model, model_backbone_spec
 
 SHORT_NAMES = {"cpu", "dsp", "edgetpu", "gpu"}
 
@@ -45,7 +45,7 @@ class ImportReport:
 def model_name(name: str) -> str:
     """Accepts ``edgetpu`` or ``mobiledet_edgetpu``."""
     full = f"mobiledet_{name}" if name in SHORT_NAMES else name
-    if full not in config_lib.MODEL_NAMES:
+    if full not in config_lib.PUBLISHED_MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(SHORT_NAMES)}")
     return full
 
@@ -66,7 +66,7 @@ def map_tf1_variables(
 ) -> tuple[dict, ImportReport]:
     """TF1 variables -> our ``{'params', 'batch_stats'}`` tree, checked one to one."""
     model = build_model(model_config)
-    scope = backbone_spec(model_config.name, model_config.dsp_block20_residual).scope
+    scope = model_backbone_spec(model_config).scope
     x = jnp.zeros((1, 320, 320, 3))
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     names = tf1_names.name_map(target, scope)

@@ -31,10 +31,10 @@ class MetricsLog:
     only. Nothing goes to the console: the trainer prints one readable line per log step
     (``mobiledet_jax.progress``) instead of clu's line per scalar group."""
 
-    def __init__(self, workdir: epath.Path):
+    def __init__(self, workdir: epath.Path, filename: str = METRICS_FILE):
         writers = [metric_writers.SummaryWriter(str(workdir))] if jax.process_index() == 0 else []
         self.writer = metric_writers.AsyncMultiWriter(writers)
-        self.file = workdir / METRICS_FILE if jax.process_index() == 0 else None
+        self.file = workdir / filename if jax.process_index() == 0 else None
 
     def write(self, step: int, scalars: dict) -> None:
         self.writer.write_scalars(step, scalars)

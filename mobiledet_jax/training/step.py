@@ -44,6 +44,25 @@ def loss_fn(
         variables["quant_stats"] = quant_stats
         mutable.append("quant_stats")
     out, updates = model.apply(variables, batch["image"], train=True, mutable=mutable)
+    l2 = losses.l2_regularization(params, l2_weight)
+    total, metrics = detection_objective(
+        out, batch, anchors, num_classes, l2, matcher_settings, loss_settings
+    )
+    return total, (updates, metrics)
+
+
+def detection_objective(
+    out: dict[str, jax.Array],
+    batch: dict[str, jax.Array],
+    anchors: jax.Array,
+    num_classes: int,
+    l2: jax.Array,
+    matcher_settings: matcher.MatcherSettings | None = None,
+    loss_settings: losses.LossSettings | None = None,
+):
+    """The training objective of a detector's outputs on a batch: targets assigned to the
+    anchors, focal + smooth-L1 over the matches, plus ``l2``; returns ``(total, metrics)``.
+    Shared by the train step and the architecture search's supernet step."""
     targets = target_assigner.batch_assign_targets(
         anchors,
         batch["gt_boxes"],
@@ -55,7 +74,6 @@ def loss_fn(
     terms = losses.detection_loss(
         out["box_encodings"], out["class_logits"], targets, settings=loss_settings
     )
-    l2 = losses.l2_regularization(params, l2_weight)
     total = terms["total_loss"] + l2
     metrics = {
         "loss": total,
@@ -64,7 +82,7 @@ def loss_fn(
         "l2_loss": l2,
         "num_matches": terms["num_matches"],
     }
-    return total, (updates, metrics)
+    return total, metrics
 
 
 def make_train_step(
