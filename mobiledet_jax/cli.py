@@ -24,6 +24,8 @@ COMMANDS = {
     "summary": ("mobiledet_jax.summary", "per-layer parameters and MAdds, block diagram"),
     "aot-compile": ("mobiledet_jax.aot_compile", "compile the train step for a TPU slice"),
     "preflight": ("mobiledet_jax.preflight", "EdgeTPU / DSP delegate rules on a .tflite file"),
+    "latency-table": ("mobiledet_jax.latency_table", "a search space's latency table (cost model)"),
+    "search": ("mobiledet_jax.search", "search an architecture for a device (TuNAS-style)"),
     "launch": ("launch.tpu", "from this machine to a Cloud TPU slice and back"),
 }
 

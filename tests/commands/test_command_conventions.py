@@ -29,9 +29,11 @@ NEEDS = {
     "summary": [f"--config={CONFIG}"],
     "aot-compile": [f"--config={CONFIG}", "--topology=v5e-4"],
     "preflight": ["--model=x.tflite", "--target=edgetpu"],
+    "latency-table": ["--space=test", "--image_size=64", "--output=t.json"],
+    "search": [f"--config={REPO / 'configs' / 'search_test.py'}", "--workdir=wd"],
     "launch": [],
 }
-WITH_CONFIG = ("train", "evaluate", "export", "browse-data", "summary", "aot-compile")
+WITH_CONFIG = ("train", "evaluate", "export", "browse-data", "summary", "aot-compile", "search")
 
 
 def run(command: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
