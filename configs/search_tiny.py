@@ -8,6 +8,9 @@ two layers a block, ReLU6 without SE) at 160x160 on the embedded synthetic data,
 
 The argument is the latency table (``config.search.cost_model``); without one the table shipped in
 ``configs/latency/tiny_cpu_160.json`` (measured on the project's 2-core CI machine) is used.
+
+Measured: 81-109 s a step during the op warm-up on 2 busy cores (every branch at the widest
+widths); the 1500 steps do not fit a CPU session yet (README, Architecture search).
 """
 
 import os
