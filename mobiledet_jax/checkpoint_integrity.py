@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -282,3 +283,18 @@ def set_aside(folder, destination_root) -> epath.Path | None:
         target = root / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder.rename(target)
     return target
+
+
+def remove_stale_step_folders(root, kept_steps) -> None:
+    """Removes the ``<root>/<step>`` folders of steps no longer kept and older than the newest kept
+    one (the input positions of checkpoints orbax has deleted); process 0 only."""
+    import jax
+
+    root = epath.Path(root)
+    if jax.process_index() != 0 or not root.exists():
+        return
+    keep = set(kept_steps)
+    latest = max(keep, default=-1)
+    for d in root.iterdir():
+        if d.name.isdigit() and int(d.name) not in keep and int(d.name) < latest:
+            shutil.rmtree(str(d), ignore_errors=True)

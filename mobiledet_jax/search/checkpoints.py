@@ -14,7 +14,6 @@ and restores both input positions; unusable newer steps are warned about and mov
 """
 
 import logging
-import shutil
 from typing import Any
 
 import jax
@@ -84,14 +83,7 @@ class SearchCheckpointer:
         return saved
 
     def _clean_inputs(self) -> None:
-        if jax.process_index() != 0:
-            return
-        root = self.workdir / INPUT_DIR
-        keep = set(self._manager.all_steps())
-        latest = max(keep, default=-1)
-        for d in root.iterdir() if root.exists() else ():
-            if d.name.isdigit() and int(d.name) not in keep and int(d.name) < latest:
-                shutil.rmtree(str(d), ignore_errors=True)
+        integrity.remove_stale_step_folders(self.workdir / INPUT_DIR, self._manager.all_steps())
 
     def _restore_step(self, template: Any, iterators: dict[str, Any], step: int):
         inputs = self._input_dir(step)

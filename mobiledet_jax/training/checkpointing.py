@@ -126,16 +126,9 @@ class TrainCheckpointer:
         return saved
 
     def _clean_input_states(self) -> None:
-        if jax.process_index() != 0:
-            return
-        root = self.workdir / INPUT_STATE_DIR
-        if not root.exists():
-            return
-        keep = set(self._manager.all_steps())
-        latest = max(keep, default=-1)
-        for d in root.iterdir():
-            if d.name.isdigit() and int(d.name) not in keep and int(d.name) < latest:
-                shutil.rmtree(str(d), ignore_errors=True)
+        integrity.remove_stale_step_folders(
+            self.workdir / INPUT_STATE_DIR, self._manager.all_steps()
+        )
 
     def _restore_step(self, state: TrainState, input_iterator, step: int) -> TrainState:
         input_dir = self._input_dir(step)

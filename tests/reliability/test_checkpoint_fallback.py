@@ -164,3 +164,14 @@ def test_evaluate_and_export_exit_4_with_one_line(run, command, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{command}: no usable checkpoint in "), last
     assert "step 2: checksum mismatch" in last and "step 1: empty folder" in last
+
+
+def test_stale_step_folders_are_removed_but_newer_ones_kept(tmp_path):
+    from mobiledet_jax import checkpoint_integrity
+
+    for step in (2, 4, 6, 8, 9):
+        (tmp_path / str(step)).mkdir()
+    (tmp_path / "notes").mkdir()
+    # kept 4 and 8: 2 and 6 are stale; 9 is newer than every kept step (a save under way)
+    checkpoint_integrity.remove_stale_step_folders(tmp_path, [4, 8])
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["4", "8", "9", "notes"]
