@@ -2,11 +2,24 @@
 table, one compiled program serves every architecture, skip is the identity, masks zero the
 inactive channels, and the active L2 is the standalone model's.
 
-Tiny shapes (64x64, batch 2), depthwise convs as convolutions (``depthwise_form="conv"``: the
-same sums as the CPU's shifted form, and XLA compiles the supernet's gradient twice as fast). The equality tests run in float64 (``jax.enable_x64``): with batch 2
-the neck's 1x1 maps normalize over two values, which amplifies float32 rounding (the ~1e-6 from
-summing over a max-width kernel's zero channels) to ~1e-1 by the last map; in float64 the two
-models agree to ~1e-12, so any mask error (~1e-1) stands out.
+Two spaces: "tiny" (two layers a block: skips; ReLU6) and the "test" space with squeeze-excite and
+hard-swish ("se": Tucker, SE in IBN / IBN-noexp / Fused). XLA compilation is nearly all of this
+file's time and weights are data, so each program is compiled once (``_program``) and run once
+per architecture (``_run``) for every test that reads it:
+
+- ``step`` ("tiny", float32): the training gradient and the forward outputs; 20 sampled
+  architectures and the uniform weights through it: one trace, one compile;
+- ``forward`` (both spaces, float64): the equality tests, the skip / mask test, the L2 test;
+- ``all_branches`` ("se", float64): ``Supernet(conditional=False)``, against ``forward``;
+- one standalone ``SSDLite`` per architecture of ``ARCHITECTURES`` (float64, with its L2).
+
+Tiny shapes (34x34: C4 3x3, C5 2x2; batch 2), depthwise convs as convolutions
+(``depthwise_form="conv"``: the same sums as the CPU's shifted form, and XLA compiles the
+supernet's gradient twice as fast). The programs run a few times compile at LLVM -O0 (``ONCE``):
+these tests check numbers and cache hits, not speed. The equality tests run in float64
+(``jax.enable_x64``): with batch 2 the neck's 1x1 maps normalize over two values, which amplifies
+float32 rounding (the ~1e-6 from summing over a max-width kernel's zero channels) to ~1e-1 by the
+last map; in float64 the two models agree to ~1e-12, so any mask error (~1e-1) stands out.
 """
 
 import dataclasses
@@ -23,44 +36,70 @@ from mobiledet_jax.search import space as space_lib
 from mobiledet_jax.search import supernet as sn
 
 NUM_CLASSES = 3
-SIZE = 64
+SIZE = 34
 FORM = "conv"
+# LLVM -O0 for the programs run a few times: compiles ~2.5x faster than the default, runs ~3x
+# slower (the gradient, run 21 times, keeps the default: at -O0 it runs ~10x slower)
+ONCE = {"xla_backend_optimization_level": 0}
 SPACES = {
-    "test": space_lib.get_space("test"),
     "tiny": space_lib.get_space("tiny"),
     "se": dataclasses.replace(
         space_lib.get_space("test"), name="test_se", se=True, activation="hard_swish"
     ),
 }
+KINDS = {"step": np.float32, "forward": np.float64, "all_branches": np.float64}
+
+ARCHITECTURES = [
+    # Tucker in b3, SE in all three SE families
+    ("se", 0, {"b1.l1.family": "ibn_noexp", "b2.l1.family": "ibn", "b3.l1.family": "tucker",
+               "b4.l1.family": "fused"}),
+    ("se", 1, {"b1.l1.family": "tucker", "b5.l1.family": "ibn"}),  # Tucker in b1
+    ("tiny", 0, {"b3.l2.family": "skip", "b4.l2.family": "ibn"}),  # also the skip / mask test
+    ("tiny", 1, {"b2.l2.family": "fused", "b5.l2.family": "skip", "b6.l2.family": "ibn"}),
+]  # fmt: skip
+CONDITIONAL_SEED = 5  # a random "se" architecture for the conditional / all-branches test
 
 
-def _images(dtype=jnp.float32) -> jax.Array:
-    return jax.random.uniform(jax.random.key(7), (2, SIZE, SIZE, 3), dtype, -1.0, 1.0)
+def _images(dtype) -> np.ndarray:
+    return np.random.default_rng(7).uniform(-1.0, 1.0, (2, SIZE, SIZE, 3)).astype(dtype)
 
 
-def _indices(space, seed: int, force: dict | None = None) -> np.ndarray:
+def _arch(name: str, seed: int, force: dict | None = None) -> tuple[int, ...]:
     """A random architecture with some decisions forced (``{"b3.l2.family": "skip"}``)."""
+    space = SPACES[name]
     idx = space_lib.random_indices(space, np.random.default_rng(seed))
     decs, pos = space_lib.decisions(space), space_lib.decision_index(space)
-    for name, choice in (force or {}).items():
-        idx[pos[name]] = decs[pos[name]].choices.index(choice)
+    for key, choice in (force or {}).items():
+        idx[pos[key]] = decs[pos[key]].choices.index(choice)
     # a forced family activates its sub-decisions (index 0 is valid); clear the inactive ones
-    return np.where(space_lib.active_mask(space, idx), idx, 0)
+    return tuple(int(i) for i in np.where(space_lib.active_mask(space, idx), idx, 0))
 
 
-def _weights(space, idx) -> jax.Array:
-    return jnp.asarray(sn.one_hot_weights(space, idx))
+def _weights(name: str, arch: tuple | None) -> np.ndarray:
+    """One-hot weights of an architecture; ``None``: the uniform weights."""
+    space = SPACES[name]
+    return sn.uniform_weights(space) if arch is None else sn.one_hot_weights(space, arch)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_caches():
+    """The cached parameters, programs and results (some hundred MB) live for this module only."""
+    yield
+    for cached in (_params, _params_as, _program, _run, _standalone):
+        cached.cache_clear()
 
 
 @functools.cache
-def _case(name: str, x64: bool):
-    """(supernet, params, jitted apply) with random parameters: kernels LeCun-normal, BN scales
-    1 +- 0.1 and BN / conv biases ~ 0.1 (a masked channel's BN output is its bias, so nonzero
-    biases make a missing mask visible)."""
+def _params(name: str) -> dict:
+    """Random supernet parameters (numpy float64 holding float32 values; shapes from
+    ``eval_shape``, no compiled init): kernels LeCun-normal, BN scales 1 +- 0.1 and BN / conv
+    biases ~ 0.1 (a masked channel's BN output is its bias, so nonzero biases make a missing mask
+    visible)."""
     space = SPACES[name]
-    dtype = jnp.float64 if x64 else jnp.float32
-    net = sn.Supernet(space, NUM_CLASSES, dtype=dtype, depthwise_form=FORM)
-    shapes = jax.eval_shape(net.init, jax.random.key(0), _images(dtype), sn.uniform_weights(space))
+    net = sn.Supernet(space, NUM_CLASSES, depthwise_form=FORM)
+    shapes = jax.eval_shape(
+        net.init, jax.random.key(0), _images(np.float32), sn.uniform_weights(space)
+    )
     rng = np.random.default_rng(0)
 
     def fill(path, leaf):
@@ -72,117 +111,152 @@ def _case(name: str, x64: bool):
             v = 1.0 + 0.1 * rng.normal(size=shape)
         else:
             v = 0.1 * rng.normal(size=shape)
-        return jnp.asarray(v.astype(np.float32), dtype)
+        return v.astype(np.float32).astype(np.float64)
 
-    params = jax.tree_util.tree_map_with_path(fill, shapes["params"])
-    apply = jax.jit(lambda p, x, w: net.apply({"params": p}, x, w, train=True))
-    return net, params, apply
+    return jax.tree_util.tree_map_with_path(fill, shapes["params"])
 
 
-def _standalone(name: str, params, idx, dtype):
-    space = SPACES[name]
-    model = sn.standalone_model(space, idx, NUM_CLASSES, dtype=dtype, depthwise_form=FORM)
-    variables = sn.standalone_variables(params, space, idx, NUM_CLASSES)
-    out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-        variables, _images(dtype)
+@functools.cache
+def _params_as(name: str, dtype) -> dict:
+    """``_params`` on the device in ``dtype`` (float64 under ``enable_x64``), put there once."""
+    with jax.enable_x64(dtype == np.float64):
+        return jax.device_put(jax.tree.map(lambda a: a.astype(dtype), _params(name)))
+
+
+def _search_layers(module, method: str) -> bool:  # capture the slot outputs only
+    return isinstance(module, sn.SearchLayer) and method == "__call__"
+
+
+@functools.cache
+def _program(name: str, kind: str):
+    """(jitted fn(params, images, weights) -> dict, trace log) of one of a space's programs
+    (``KINDS``): the supernet's ``outputs``; ``forward`` adds ``layers`` (slot name -> SearchLayer
+    output) and ``active_l2``, ``step`` adds ``active_l2`` and ``grads`` (the gradient of
+    ``mean(boxes**2) + mean(logits**2)``)."""
+    space, traces = SPACES[name], []
+    dtype = jnp.dtype(KINDS[kind])
+    net = sn.Supernet(
+        space, NUM_CLASSES, dtype=dtype, depthwise_form=FORM, conditional=kind != "all_branches"
     )
-    return model, variables, out
+
+    def forward(p, x, w):
+        traces.append(1)
+        if kind == "forward":  # branches run under nn.cond and are not captured; SearchLayer is
+            out, state = net.apply(
+                {"params": p}, x, w, capture_intermediates=_search_layers, mutable="intermediates"
+            )
+            layers = {k: v["__call__"][0] for k, v in state["intermediates"]["backbone"].items()}
+            aux = {"layers": layers, "active_l2": sn.active_l2(p, w, space)}
+        else:
+            out, aux = net.apply({"params": p}, x, w), {}
+        loss = jnp.mean(out["box_encodings"] ** 2) + jnp.mean(out["class_logits"] ** 2)
+        return loss, {"outputs": out, **aux}
+
+    if kind != "step":
+        return jax.jit(lambda p, x, w: forward(p, x, w)[1], compiler_options=ONCE), traces
+
+    def step(p, x, w):
+        grads, aux = jax.grad(forward, has_aux=True)(p, x, w)
+        return {"grads": grads, "active_l2": sn.active_l2(p, w, space), **aux}  # not linearized
+
+    return jax.jit(step), traces
 
 
-ARCHITECTURES = [
-    ("test", 0, {"b3.l1.family": "tucker"}),
-    ("test", 1, {"b1.l1.family": "tucker", "b5.l1.family": "ibn"}),
-    ("test", 2, {}),
-    ("tiny", 0, {"b3.l2.family": "skip"}),
-    ("tiny", 1, {"b2.l2.family": "fused", "b5.l2.family": "skip", "b6.l2.family": "ibn"}),
-    ("tiny", 2, {}),
-    ("se", 0, {"b1.l1.family": "ibn_noexp", "b2.l1.family": "ibn", "b3.l1.family": "fused"}),
-]
+def _call(name: str, kind: str, arch: tuple | None) -> dict:
+    fn, _ = _program(name, kind)
+    dtype = KINDS[kind]
+    with jax.enable_x64(dtype == np.float64):
+        out = fn(_params_as(name, dtype), _images(dtype), _weights(name, arch))
+        return jax.device_get(out)
+
+
+@functools.cache
+def _run(name: str, kind: str, arch: tuple | None) -> dict:
+    """``_call``, once per (space, program, architecture) for all the tests."""
+    return _call(name, kind, arch)
+
+
+@functools.cache
+def _standalone(name: str, arch: tuple) -> dict:
+    """The standalone SSDLite's outputs (train mode) and ``l2_regularization``, on the supernet's
+    parameters sliced by ``standalone_variables`` (in the same float64 program)."""
+    space = SPACES[name]
+    model = sn.standalone_model(space, arch, NUM_CLASSES, dtype=jnp.float64, depthwise_form=FORM)
+
+    def fn(p, x):
+        variables = sn.standalone_variables(p, space, arch, NUM_CLASSES)
+        out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return {"outputs": out, "l2": l2_regularization(variables["params"], 1.0)}
+
+    with jax.enable_x64(True):
+        out = jax.jit(fn, compiler_options=ONCE)(_params_as(name, np.float64), _images(np.float64))
+        return jax.device_get(out)
 
 
 @pytest.mark.parametrize("name,seed,force", ARCHITECTURES)
 def test_one_hot_supernet_is_the_standalone_model(name, seed, force):
-    space = SPACES[name]
-    idx = _indices(space, seed, force)
-    spec = space_lib.decode(space, idx)
-    if name == "tiny" and seed < 2:
+    space, arch = SPACES[name], _arch(name, seed, force)
+    spec = space_lib.decode(space, arch)
+    if name == "tiny":
         assert len(spec.blocks) < 1 + sum(b.max_layers for b in space.skeleton[1:])  # skipped
-    if force.get("b3.l1.family") == "tucker":
+    if specs.TUCKER in force.values():
         assert any(b.block == specs.TUCKER for b in spec.blocks)
-    if name == "se":
+    if name == "se" and seed == 0:
         assert {b.block for b in spec.blocks if b.se} >= {"ibn_noexp", "ibn", "fused"}
-    with jax.enable_x64(True):
-        _, params, apply = _case(name, True)
-        out = apply(params, _images(jnp.float64), _weights(space, idx))
-        _, _, ref = _standalone(name, params, idx, jnp.float64)
-        for key in ("box_encodings", "class_logits"):
-            assert out[key].shape == ref[key].shape
-            np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
-        for end in ("C4", "C5"):  # the first k channels are the standalone map, the rest zero
-            a, b = np.asarray(out["endpoints"][end]), np.asarray(ref["endpoints"][end])
-            k = b.shape[-1]
-            np.testing.assert_allclose(a[..., :k], b, rtol=1e-5, atol=1e-5, err_msg=end)
-            assert not np.any(a[..., k:]), end
+    out, ref = _run(name, "forward", arch)["outputs"], _standalone(name, arch)["outputs"]
+    for key in ("box_encodings", "class_logits"):
+        assert out[key].shape == ref[key].shape
+        np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    for end in ("C4", "C5"):  # the first k channels are the standalone map, the rest zero
+        a, b = np.asarray(out["endpoints"][end]), np.asarray(ref["endpoints"][end])
+        k = b.shape[-1]
+        np.testing.assert_allclose(a[..., :k], b, rtol=1e-5, atol=1e-5, err_msg=end)
+        assert not np.any(a[..., k:]), end
 
 
-@pytest.mark.slow  # the gradient of 40 conditional branches: ~40 s of XLA compile on 2 cores
 def test_one_compiled_program_for_every_architecture():
-    space = SPACES["test"]
-    net, params, apply = _case("test", False)
-    traces = []
-
-    def loss(p, x, w):
-        traces.append(1)
-        out = net.apply({"params": p}, x, w)
-        return jnp.mean(out["box_encodings"] ** 2) + jnp.mean(out["class_logits"] ** 2)
-
-    grad = jax.jit(jax.grad(loss))
+    name, space = "tiny", SPACES["tiny"]
     rng = np.random.default_rng(123)
-    archs = [space_lib.random_indices(space, rng) for _ in range(20)]
-    weights = [_weights(space, idx) for idx in archs] + [jnp.asarray(sn.uniform_weights(space))]
-    x = _images()
-    for i, w in enumerate(weights):
-        out = apply(params, x, w)
-        g = grad(params, x, w)
-        assert np.all(np.isfinite(out["class_logits"]))
-        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(g))
-        if i == 0:  # one-hot: the branches not chosen get no gradient, the chosen ones do
-            fam_d = sn.plan(space).slots[2]  # b3_l1
-            fam = fam_d.families[archs[0][fam_d.family_decision]]
-            k = space.kernels[archs[0][fam_d.sub(fam, "kernel")]]
-            for branch, leaves in g["backbone"][fam_d.name].items():
-                norm = sum(float(jnp.sum(jnp.abs(v))) for v in jax.tree.leaves(leaves))
-                assert (norm > 0) == (branch == f"{fam}_k{k}"), branch
-    assert apply._cache_size() == 1
-    assert grad._cache_size() == 1
-    assert len(traces) == 1
+    archs = [tuple(space_lib.random_indices(space, rng)) for _ in range(20)]
+    for i, arch in enumerate([*archs, None]):  # None: the uniform weights
+        res = _run(name, "step", None) if arch is None else _call(name, "step", arch)
+        assert np.all(np.isfinite(res["outputs"]["class_logits"]))
+        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(res["grads"]))
+        # one-hot: in every slot the branches not chosen get no gradient, the chosen one does
+        if i == 0:
+            for slot in sn.plan(space).slots:
+                fam = slot.families[arch[slot.family_decision]]
+                chosen = None  # skip: no branch
+                if fam != space_lib.SKIP:
+                    chosen = f"{fam}_k{space.kernels[arch[slot.sub(fam, 'kernel')]]}"
+                for branch, leaves in res["grads"]["backbone"][slot.name].items():
+                    norm = sum(float(np.sum(np.abs(v))) for v in jax.tree.leaves(leaves))
+                    assert (norm > 0) == (branch == chosen), (slot.name, branch)
+    # the forward programs: this file's architectures and the uniform weights, one compile each
+    forward = [(n, _arch(n, s, f)) for n, s, f in ARCHITECTURES]
+    forward += [("se", _arch("se", CONDITIONAL_SEED)), ("se", None)]
+    for n, arch in forward:
+        assert np.all(np.isfinite(_run(n, "forward", arch)["outputs"]["class_logits"])), (n, arch)
+    for n, kind in [("tiny", "step"), ("tiny", "forward"), ("se", "forward")]:
+        fn, traces = _program(n, kind)
+        assert fn._cache_size() == 1, (n, kind)
+        assert len(traces) == 1, (n, kind)
 
 
 def test_skip_is_identity_and_masks_zero_inactive_channels():
-    space = SPACES["tiny"]
-    net, params, _ = _case("tiny", False)
-    idx = _indices(space, 0, {"b3.l2.family": "skip", "b4.l2.family": "ibn"})
-    w = _weights(space, idx)
-    capture = jax.jit(
-        lambda p, x, w: net.apply(
-            {"params": p},
-            x,
-            w,
-            capture_intermediates=True,  # branches run under nn.cond and are not captured
-            mutable=["intermediates"],
-        )
-    )
-    out, state = capture(params, _images(), w)
-    captured = state["intermediates"]["backbone"]
-    layers = {s.name: captured[s.name]["__call__"][0] for s in sn.plan(space).slots}
+    name, seed, force = ARCHITECTURES[2]
+    space, arch = SPACES[name], _arch(name, seed, force)
+    res = _run(name, "forward", arch)
+    layers, out = res["layers"], res["outputs"]
+    assert set(layers) == {s.name for s in sn.plan(space).slots}
     np.testing.assert_array_equal(layers["b3_l2"], layers["b3_l1"])  # skip: the identity
     assert not np.array_equal(layers["b4_l2"], layers["b4_l1"])
     pos = space_lib.decision_index(space)
     for slot in sn.plan(space).slots:  # every layer output: zero from its block's width on
-        width = slot.cout_widths[idx[pos[f"{slot.block}.filters"]]]
+        width = slot.cout_widths[arch[pos[f"{slot.block}.filters"]]]
         y = np.asarray(layers[slot.name])
         assert not np.any(y[..., width:]) and np.any(y[..., :width]), slot.name
-    spec = space_lib.decode(space, idx)
+    spec = space_lib.decode(space, arch)
     ends = {b.endpoint: b.out for b in spec.blocks if b.endpoint}
     for end in ("C4", "C5"):
         y = np.asarray(out["endpoints"][end])
@@ -194,27 +268,21 @@ def test_skip_is_identity_and_masks_zero_inactive_channels():
 
 
 def test_conditional_and_all_branches_agree():
-    space = SPACES["test"]
-    net, params, apply = _case("test", False)
-    every = sn.Supernet(space, NUM_CLASSES, depthwise_form=FORM, conditional=False)
-    apply_every = jax.jit(lambda p, x, w: every.apply({"params": p}, x, w))
-    x = _images()
-    for w in (_weights(space, _indices(space, 5)), jnp.asarray(sn.uniform_weights(space))):
-        a = apply(params, x, w)["class_logits"]
-        b = apply_every(params, x, w)["class_logits"]
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for arch in (_arch("se", CONDITIONAL_SEED), None):  # one-hot, then uniform weights
+        a = _run("se", "forward", arch)["outputs"]
+        b = _call("se", "all_branches", arch)["outputs"]
+        for key in ("box_encodings", "class_logits"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("name,seed,force", [ARCHITECTURES[0], ARCHITECTURES[3], ARCHITECTURES[6]])
+@pytest.mark.parametrize("name,seed,force", ARCHITECTURES)
 def test_active_l2_is_the_standalone_l2(name, seed, force):
-    space = SPACES[name]
-    _, params, _ = _case(name, False)
-    idx = _indices(space, seed, force)
-    variables = sn.standalone_variables(params, space, idx, NUM_CLASSES)
-    full_l2 = jax.jit(lambda p: l2_regularization(p, 1.0))  # eagerly: a compile per shape
-    expected = float(full_l2(variables["params"]))
-    l2 = jax.jit(sn.active_l2, static_argnums=2)
-    np.testing.assert_allclose(float(l2(params, _weights(space, idx), space)), expected, rtol=1e-5)
-    # soft weights: a weighted fraction of the kernels (mixed masks, branch weights below 1)
-    uniform = float(l2(params, jnp.asarray(sn.uniform_weights(space)), space))
-    assert 0 < uniform < float(full_l2(params))
+    arch = _arch(name, seed, force)
+    expected = float(_standalone(name, arch)["l2"])
+    np.testing.assert_allclose(float(_run(name, "forward", arch)["active_l2"]), expected, rtol=1e-5)
+    # soft weights: a weighted fraction of the kernels (mixed masks, branch weights below 1); on
+    # the program the other tests run the uniform weights through
+    uniform = _run(name, "step" if name == "tiny" else "forward", None)["active_l2"]
+    leaves = jax.tree_util.tree_flatten_with_path(_params(name))[0]
+    full = 0.5 * sum(np.sum(np.square(v)) for path, v in leaves if path[-1].key == "kernel")
+    assert 0 < float(uniform) < full  # full: l2_regularization of every supernet kernel
