@@ -49,9 +49,9 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     # DSP block 20 (Fused 160->160): residual in TF1 (the published checkpoints), not in TF2.
     m.dsp_block20_residual = True
     # "float32", "bfloat16" or "auto" (bfloat16 on TPU, float32 elsewhere); parameters, BN
-    # statistics, optimizer state and the loss stay float32. Not yet "auto" by default: the
-    # quickstart in bfloat16 ended 0.06 AP below float32 (README, TPU cost section)
-    m.compute_dtype = "float32"
+    # statistics, optimizer state and the loss stay float32. "auto": the quickstart over three
+    # seeds trains as well in bfloat16 as in float32 (benchmarks/dtype_parity.py, README)
+    m.compute_dtype = "auto"
     # > 0: backbone BatchNorms over maps of at least this many pixels (e.g. 1600 = 40x40) compute
     # their train-mode statistics in one shifted pass that XLA fuses into the conv (fewer HBM
     # bytes on TPU; models.layers.OnePassBatchNorm); 0: two passes everywhere, as TF

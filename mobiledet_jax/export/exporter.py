@@ -194,6 +194,17 @@ def _with_metadata(tflite: bytes, model_config, names, fmt, size, meta, opts) ->
     return metadata.attach(tflite, md, labels)
 
 
+def float32_model_config(model_config):
+    """``model_config`` computing in float32: a TFLite file's float graph is float32 (and int8 is
+    calibrated on float32 activations) whatever the training dtype; ``"auto"`` would trace the
+    model in bfloat16 on a TPU host. A copy when it changes; the caller's config is untouched."""
+    if model_config.get("compute_dtype", "float32") == "float32":
+        return model_config
+    model_config = model_config.copy_and_resolve_references()
+    model_config.compute_dtype = "float32"  # an existing field: allowed on a locked config
+    return model_config
+
+
 def export_model(
     model_config,
     variables,
@@ -210,6 +221,7 @@ def export_model(
     fmt = opts.resolved_format()
     meta = meta or {}
     detection_config = detection_config or config_lib.detection_config()
+    model_config = float32_model_config(model_config)
     model = build_model(model_config, detection_config.anchors)
     size = input_size(model_config)
     head = "scores" if opts.outputs == "postprocessed" else "logits"

@@ -130,3 +130,17 @@ def test_int8_needs_representative_images(tiny):
     model, variables = tiny
     with pytest.raises(ValueError, match="representative"):
         convert.convert(model, variables, SIZE, "int8", representative_images=[])
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_export_traces_the_model_in_float32(dtype):
+    """A model trained with "auto" (bfloat16 on a TPU host) or bfloat16 exports a float32 graph."""
+    config = config_lib.base_config("mobiledet_edgetpu")
+    config.model.compute_dtype = dtype
+    config.lock()
+    out = exporter.float32_model_config(config.model)
+    assert out.compute_dtype == "float32"
+    assert config.model.compute_dtype == dtype  # the caller's config is untouched
+    assert build_model(out).dtype == np.float32
+    config.model.compute_dtype = "float32"
+    assert exporter.float32_model_config(config.model) is config.model
