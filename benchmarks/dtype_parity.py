@@ -130,7 +130,7 @@ def main() -> None:
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     dtypes = args.dtypes.split(",")
-    root = pathlib.Path(args.root)
+    root = pathlib.Path(args.root).resolve()  # the train subprocess runs in the repository root
     runs = {}
     for seed in seeds:
         for dtype in dtypes:
