@@ -12,7 +12,7 @@ the roofline existed get it computed from their FLOPs and bytes. Needs libtpu
 (``pip install -r requirements-tpu-aot.txt``), no TPU. All figures are estimates from the compiled
 program, not measurements.
 
-  python benchmarks/aot_table.py                       # 7 models x v4-32, v5e-16 + MobileDets v5e-256
+  python benchmarks/aot_table.py                       # 7 models x v4-32, v5e-16, v5e-256
   python benchmarks/aot_table.py --dtypes=float32,bfloat16 --models=mobiledet_edgetpu
   python benchmarks/aot_table.py --table_only          # the tables from the reports on disk
 """
@@ -31,8 +31,6 @@ from mobiledet_jax.config import PUBLISHED_MODELS  # noqa: E402
 from mobiledet_jax.tpu_chips import CHIPS  # noqa: E402
 from mobiledet_jax.tpu_slices import TpuSlice  # noqa: E402
 from mobiledet_jax.training.roofline import roofline  # noqa: E402
-
-MOBILEDETS = ("mobiledet_cpu", "mobiledet_dsp", "mobiledet_edgetpu", "mobiledet_gpu")
 
 
 def report_path(
@@ -191,7 +189,7 @@ def main() -> None:
     p.add_argument(
         "--models", default=",".join(PUBLISHED_MODELS), help="comma-separated model names"
     )
-    p.add_argument("--slices", default="v4-32,v5e-16", help="comma-separated TPU slices")
+    p.add_argument("--slices", default="v4-32,v5e-16,v5e-256", help="comma-separated TPU slices")
     p.add_argument("--dtypes", default="float32", help="comma-separated compute dtypes")
     p.add_argument(
         "--bn_one_pass",
@@ -207,8 +205,8 @@ def main() -> None:
     )
     p.add_argument(
         "--extra",
-        default=",".join(f"{m}:v5e-256" for m in MOBILEDETS),
-        help="further comma-separated model:slice pairs ('' for none)",
+        default="",
+        help="further comma-separated model:slice pairs",
     )
     p.add_argument("--batch_per_device", type=int, default=16)
     p.add_argument("--out_dir", default=str(REPO / "benchmarks" / "results" / "aot"))
@@ -224,7 +222,7 @@ def main() -> None:
         if extra.count(":") != 1:
             p.error(f"--extra takes model:slice pairs, got {extra!r}")
         pairs.append(tuple(extra.split(":")))
-    pairs.sort()
+    pairs = sorted(set(pairs))
     for model, slice_name in pairs:
         if not (REPO / "configs" / f"{model}.py").exists():
             p.error(f"no configs/{model}.py (models: {', '.join(PUBLISHED_MODELS)})")

@@ -10,6 +10,11 @@ images, uint8 input, uint8 outputs). Then, in one process and interleaved, ``rep
 ``runs`` timed invokes after 5 warm-up invokes, batch 1, 1 thread; the median of each round, and the
 median over rounds is reported with its range. Prints a markdown table (latency, ratio ours/Keras,
 op counts side by side, sizes) and a final JSON line.
+
+int8 files are ours as exported (``export.int8_kernels``: HARD_SWISH as MUL, ADD, MUL and global
+AVERAGE_POOL_2D as MEAN, so that XNNPACK runs them in int8); where that changes the file, the
+converter's own graph (``int8_hard_swish="op"``, ``int8_global_pool="avg_pool"``) is timed in the
+same rounds too, as ``jax_converter_ops``: the before/after of the rewrite.
 """
 
 import argparse
@@ -91,8 +96,13 @@ def main():
             ours = convert.convert(model, variables, size, fmt, representative_images=rep_images)
             t_ours = time.time() - t
             theirs = keras_tflite(mc, variables, fmt, rep)
-            lat = measure({"jax": ours, "keras": theirs}, args.runs, args.repeats,
-                          args.kernels == "xnnpack")  # fmt: skip
+            files = {"jax": ours, "keras": theirs}
+            if fmt == "int8":
+                plain = convert.convert(model, variables, size, fmt, representative_images=rep_images,
+                                        int8_hard_swish="op", int8_global_pool="avg_pool")  # fmt: skip
+                if plain != ours:
+                    files["jax_converter_ops"] = plain
+            lat = measure(files, args.runs, args.repeats, args.kernels == "xnnpack")
             row = {
                 "model": name, "format": fmt, "keras_vs_flax_max_diff": diff,
                 "latency_ms": lat, "ratio": lat["jax"][0] / lat["keras"][0],
@@ -113,6 +123,10 @@ def print_row(r, args):
           f"ratio {r['ratio']:.3f}; sizes {r['size_bytes']['jax'] / 1e6:.2f} / "
           f"{r['size_bytes']['keras'] / 1e6:.2f} MB; Keras vs Flax before conversion "
           f"{r['keras_vs_flax_max_diff']:.1e}")  # fmt: skip
+    if "jax_converter_ops" in r["latency_ms"]:
+        pm, plo, phi = r["latency_ms"]["jax_converter_ops"]
+        print(f"JAX export with the converter's HARD_SWISH / AVERAGE_POOL_2D: {pm:.2f} ms "
+              f"({plo:.2f}-{phi:.2f}), {pm / jm:.2f}x the rewritten file")  # fmt: skip
     ops = r["ops"]
     names = sorted(set(ops["jax"]) | set(ops["keras"]))
     print("| op | JAX export | Keras |\n|---|---|---|")

@@ -202,6 +202,11 @@ def export_config() -> ml_collections.ConfigDict:
     e.calibration_images = ""
     # "frigate": what Frigate's EdgeTPU detector takes (edgetpu int8, post-processed, uint8 input)
     e.preset = ""
+    # int8 files: "mul_add" writes each HARD_SWISH as MUL, ADD, MUL and "mean" each global
+    # AVERAGE_POOL_2D (squeeze-excite) as MEAN: XNNPACK's int8 kernels run those, not the converter's
+    # ops (export/int8_kernels.py). "op" / "avg_pool" keep the converter's ops.
+    e.int8_hard_swish = "mul_add"
+    e.int8_global_pool = "mean"
     return e
 
 

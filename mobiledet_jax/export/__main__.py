@@ -56,13 +56,26 @@ flags.DEFINE_integer("eval_images", None, "COCO evaluation images (-1: the whole
 flags.DEFINE_integer("latency_runs", None, "timed invokes for the latency figure (50; 0: skip)")
 flags.DEFINE_bool("fast_nms", None, "class-agnostic fast NMS in the post-processing op")
 flags.DEFINE_bool("float_input", None, "float formats: float32 pixel input instead of uint8")
+flags.DEFINE_enum(
+    "int8_hard_swish",
+    None,
+    ["mul_add", "op"],
+    "int8: HARD_SWISH as MUL, ADD, MUL (mul_add, fast on XNNPACK) or one op",
+)
+flags.DEFINE_enum(
+    "int8_global_pool",
+    None,
+    ["mean", "avg_pool"],
+    "int8: squeeze-excite's global AVERAGE_POOL_2D as MEAN (mean, XNNPACK int8) or not",
+)
 flags.DEFINE_string("saved_model_dir", None, "keep the intermediate SavedModel here")
 command_line.define_json("also write the report as JSON to this path (- for stdout)")
 command_line.define_print_config()
 
 OPTION_FLAGS = ("target", "format", "outputs", "preset", "labels", "calibration_images",
                 "representative_images", "parity_images", "eval_split", "eval_images",
-                "latency_runs", "fast_nms", "float_input", "saved_model_dir")  # fmt: skip
+                "latency_runs", "fast_nms", "float_input", "saved_model_dir", "int8_hard_swish",
+                "int8_global_pool")  # fmt: skip
 
 
 def _fail(message) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 import jax
 import numpy as np
 
+from mobiledet_jax.export import int8_kernels
 from mobiledet_jax.models import as_convolutions, preprocess
 from mobiledet_jax.tflite import flatbuffer, io_names
 
@@ -167,6 +168,8 @@ def convert(
     representative_images: Iterable[np.ndarray] | None = None,
     float_input: bool = False,
     saved_model_dir: str | None = None,
+    int8_hard_swish: str = "mul_add",
+    int8_global_pool: str = "mean",
 ) -> bytes:
     """The whole path for one model: returns the .tflite bytes with named inputs and outputs.
 
@@ -178,7 +181,11 @@ def convert(
       representative_images: ``[H, W, 3]`` pixel arrays in [0, 255]; required for int8.
       float_input: float formats only: take float32 pixels instead of uint8.
       saved_model_dir: keep the intermediate SavedModel there (default: a temporary folder).
+      int8_hard_swish, int8_global_pool: int8 only: ``"mul_add"`` writes each HARD_SWISH as MUL,
+        ADD, MUL and ``"mean"`` each global AVERAGE_POOL_2D as MEAN, which XNNPACK runs in int8
+        (``int8_kernels``); ``"op"`` / ``"avg_pool"`` keep the converter's ops.
     """
+    int8_kernels.check_modes(int8_hard_swish, int8_global_pool)
     if fmt == "int8" and float_input:
         raise ValueError("int8 exports take uint8 input")
     h, w = image_size
@@ -190,6 +197,8 @@ def convert(
         directory = saved_model_dir or os.path.join(tmp, "saved_model")
         save_saved_model(fn, (1, h, w, 3), input_dtype, directory, head)
         tflite = convert_saved_model(directory, fmt, representative)
+    if fmt == "int8":
+        tflite = int8_kernels.rewrite(tflite, int8_hard_swish, int8_global_pool)
     return name_io(tflite, HEADS[head])
 
 

@@ -44,6 +44,7 @@ from mobiledet_jax.export import (
     convert,
     delegate_rules,
     inputs,
+    int8_kernels,
     metadata,
     postprocess_op,
     report,
@@ -84,6 +85,8 @@ class ExportOptions:
     labels: str = ""  # a label file ("" = the workdir's labels.txt, else the data config's)
     calibration_images: str = ""  # folder or glob of raw images for int8 calibration
     preset: str = ""  # "frigate" (PRESETS)
+    int8_hard_swish: str = "mul_add"  # or "op": the converter's HARD_SWISH (int8_kernels)
+    int8_global_pool: str = "mean"  # or "avg_pool": the converter's AVERAGE_POOL_2D
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict, **overrides) -> ExportOptions:
@@ -111,6 +114,7 @@ class ExportOptions:
             raise ValueError(f"target must be one of {sorted(TARGET_FORMATS)}, got {self.target!r}")
         if self.outputs not in OUTPUTS:
             raise ValueError(f"outputs must be one of {OUTPUTS}, got {self.outputs!r}")
+        int8_kernels.check_modes(self.int8_hard_swish, self.int8_global_pool)
         return self.format or TARGET_FORMATS[self.target]
 
 
@@ -173,11 +177,12 @@ def _convert_body(model, variables, size, fmt: str, head: str, opts, rep_pixels)
     if quant_stats:
         from mobiledet_jax.export import qat_convert
 
-        body = qat_convert.convert(model, variables, quant_stats, size, head)
+        body = qat_convert.convert(model, variables, quant_stats, size, head,
+                                   opts.int8_hard_swish, opts.int8_global_pool)  # fmt: skip
     else:
-        body = convert.convert(
-            model, variables, size, fmt, head, rep_pixels, opts.float_input, opts.saved_model_dir
-        )
+        body = convert.convert(model, variables, size, fmt, head, rep_pixels, opts.float_input,
+                               opts.saved_model_dir, opts.int8_hard_swish,
+                               opts.int8_global_pool)  # fmt: skip
     return body, time.time() - t0
 
 

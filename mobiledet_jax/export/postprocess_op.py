@@ -114,20 +114,6 @@ def _add_tensor(sg, model, name: str, shape, dtype: int, data: np.ndarray | None
     return len(sg.tensors) - 1
 
 
-def _opcode(model, builtin: int, version: int = 1, custom: str | None = None) -> int:
-    for i, code in enumerate(model.operatorCodes):
-        if custom is None and code.builtinCode == builtin and code.version == version:
-            return i
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = version
-    if custom is not None:
-        code.customCode = custom.encode()
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
-
-
 def _dequantized(model, sg, index: int, name: str) -> int:
     """A float32 copy of a uint8/int8 tensor (a DEQUANTIZE op); float tensors are returned as is."""
     t = sg.tensors[index]
@@ -137,7 +123,7 @@ def _dequantized(model, sg, index: int, name: str) -> int:
         raise ValueError(f"cannot feed a {t.type} tensor to {OP_NAME}")
     out = _add_tensor(sg, model, name, t.shape, schema.TensorType.FLOAT32)
     op = schema.OperatorT()
-    op.opcodeIndex = _opcode(model, schema.BuiltinOperator.DEQUANTIZE)
+    op.opcodeIndex = flatbuffer.opcode_index(model, schema.BuiltinOperator.DEQUANTIZE)
     op.inputs = [index]
     op.outputs = [out]
     sg.operators.append(op)
@@ -194,7 +180,7 @@ def append_postprocess(
         _add_tensor(sg, model, OUTPUT_NAMES[3], (1,), f32),
     ]
     op = schema.OperatorT()
-    op.opcodeIndex = _opcode(model, schema.BuiltinOperator.CUSTOM, custom=OP_NAME)
+    op.opcodeIndex = flatbuffer.opcode_index(model, schema.BuiltinOperator.CUSTOM, custom=OP_NAME)
     op.inputs = [boxes_in, scores_in, anchor_t]
     op.outputs = outs
     op.customOptions = np.frombuffer(custom_options(num_classes, nms), np.uint8)

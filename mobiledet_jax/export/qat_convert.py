@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import qwix
 
 from mobiledet_jax.export import convert as convert_lib
+from mobiledet_jax.export import int8_kernels
 from mobiledet_jax.models import as_convolutions
 from mobiledet_jax.models.qat import INPUT_RANGE, QatError, _as_jax, register_ops, rules
 from mobiledet_jax.tflite import flatbuffer
@@ -55,16 +56,26 @@ def stablehlo_text(model, variables, quant_stats, image_size) -> str:
     return jax.export.export(jax.jit(fn))(shape).mlir_module()
 
 
-def convert(model, variables, quant_stats, image_size, head: str = "logits") -> bytes:
+def convert(
+    model,
+    variables,
+    quant_stats,
+    image_size,
+    head: str = "logits",
+    int8_hard_swish: str = "mul_add",
+    int8_global_pool: str = "mean",
+) -> bytes:
     """QAT model -> int8 TFLite with uint8 input (pixels, ``(p - 128) * 2/255`` inside) and uint8
     outputs, tensor names as ``convert.convert`` (``images``; ``box_encodings``, ``class_*``).
 
     ``head="scores"`` appends one int8 LOGISTIC to the logits (see ``_logistic_output``): a sigmoid
     traced after the model would be outside qwix's interception, i.e. a float op.
+    ``int8_hard_swish``, ``int8_global_pool``: as ``convert.convert`` (``int8_kernels``).
     """
     from litert_converter import converter_api_ext as C
     from litert_converter.mlir import ir, passmanager
 
+    int8_kernels.check_modes(int8_hard_swish, int8_global_pool)
     if not quant_stats:
         raise QatError("no quant_stats: calibrate or train the QAT model first")
     text = stablehlo_text(model, variables, quant_stats, image_size)
@@ -82,6 +93,7 @@ def convert(model, variables, quant_stats, image_size, head: str = "logits") -> 
     if head == "scores":
         tflite = _logistic_output(tflite, 1)
     tflite = _uint8_interface(tflite)
+    tflite = int8_kernels.rewrite(tflite, int8_hard_swish, int8_global_pool)
     check_int8(tflite)
     model_t = flatbuffer.read(tflite)
     return flatbuffer.write(flatbuffer.set_io_names(model_t, [convert_lib.INPUT_NAME], names))
@@ -91,8 +103,6 @@ def _logistic_output(tflite: bytes, output: int) -> bytes:
     """Output ``output`` (int8, then DEQUANTIZE) through an int8 LOGISTIC with TFLite's fixed output
     quantization (scale 1/256, zero point -128: the [0, 255/256] range of the QAT sigmoid)."""
     from ai_edge_litert import schema_py_generated as schema
-
-    from mobiledet_jax.export.postprocess_op import _opcode
 
     model = flatbuffer.read(tflite)
     sg = model.subgraphs[0]
@@ -112,7 +122,9 @@ def _logistic_output(tflite: bytes, output: int) -> bytes:
     y.buffer = len(model.buffers) - 1
     sg.tensors.append(y)
     logistic = schema.OperatorT()
-    logistic.opcodeIndex = _opcode(model, schema.BuiltinOperator.LOGISTIC, version=2)  # int8
+    logistic.opcodeIndex = flatbuffer.opcode_index(
+        model, schema.BuiltinOperator.LOGISTIC, version=2
+    )  # int8
     logistic.inputs, logistic.outputs = [int(dequant.inputs[0])], [len(sg.tensors) - 1]
     dequant.inputs = [len(sg.tensors) - 1]
     sg.operators.insert(pos, logistic)

@@ -60,6 +60,24 @@ def op_code_name(model: schema.ModelT, opcode_index: int) -> tuple[str, bool]:
     return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}"), False
 
 
+def opcode_index(
+    model: schema.ModelT, builtin: int, version: int = 1, custom: str | None = None
+) -> int:
+    """Index of the operator code ``builtin`` (``version``; a ``custom`` code by name), appended
+    to ``model.operatorCodes`` when the file has none yet."""
+    for i, code in enumerate(model.operatorCodes):
+        if custom is None and code.builtinCode == builtin and code.version == version:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = version
+    if custom is not None:
+        code.customCode = custom.encode()
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
 def _tensor_info(model: schema.ModelT, subgraph, index: int) -> TensorInfo | None:
     if index < 0:
         return None

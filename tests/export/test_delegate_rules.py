@@ -17,14 +17,14 @@ from mobiledet_jax.tflite import flatbuffer
 SIZE = (128, 128)
 
 
-def _export(name: str, fmt: str, postprocessed: bool) -> bytes:
+def _export(name: str, fmt: str, postprocessed: bool, **kw) -> bytes:
     mc = config_lib.model_config(name)
     mc.image_size, mc.width_multiplier, mc.num_classes = SIZE[0], 0.25, 3
     model = build_model(mc)
     variables = random_weights.random_variables(model, SIZE, seed=3)
     rep = list(np.random.default_rng(1).integers(0, 256, (8, *SIZE, 3)).astype(np.uint8))
     head = "scores" if postprocessed else "logits"
-    tfl = convert.convert(model, variables, SIZE, fmt, head, representative_images=rep)
+    tfl = convert.convert(model, variables, SIZE, fmt, head, representative_images=rep, **kw)
     if postprocessed:
         tfl = postprocess_op.append_postprocess(tfl, anchors_lib.anchors_for_image(*SIZE), 3)
     return tfl
@@ -36,7 +36,9 @@ def files(tmp_path_factory):
     out = {
         "edgetpu_int8": _export("mobiledet_edgetpu", "int8", postprocessed=True),
         "edgetpu_float": _export("mobiledet_edgetpu", "float32", postprocessed=False),
-        "cpu_int8": _export("mobiledet_cpu", "int8", postprocessed=False),
+        # the converter's own graph, with its HARD_SWISH ops (int8_hard_swish="op")
+        "cpu_int8": _export("mobiledet_cpu", "int8", False, int8_hard_swish="op"),
+        "cpu_int8_mul_add": _export("mobiledet_cpu", "int8", postprocessed=False),  # the default
     }
     for name, data in out.items():
         (root / f"{name}.tflite").write_bytes(data)
@@ -78,6 +80,15 @@ def test_unsupported_op_splits_the_edgetpu_graph(files):
     assert any(op.name == "CONV_2D" and op.supported and not op.mapped for op in after)
     assert "HARD_SWISH" in result.table()
     assert delegate_rules.check(data, "dsp").ok
+
+
+def test_hard_swish_as_mul_add_maps_on_both(files):
+    """The default export writes int8 hard-swish as MUL, ADD, MUL (export/int8_kernels.py)."""
+    data, _ = files["cpu_int8_mul_add"]
+    for target in delegate_rules.TARGETS:
+        result = delegate_rules.check(data, target)
+        assert result.ok and result.partitions == 1, result.table()
+        assert "HARD_SWISH" not in result.by_type() and result.by_type()["MEAN"]["mapped"] > 0
 
 
 def test_dsp_rule_on_an_edited_conv(files):
