@@ -59,6 +59,10 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     # name == "searched": the backbone table as JSON (models.specs.spec_to_json; the "rows" of a
     # search's arch.json, read by configs/searched.py); "" for the published models
     m.arch = ""
+    # int8 files and QAT (models/qat.py): "asymmetric" is TFLite's scheme (per-channel weights,
+    # activations with zero points); "symmetric": zero-point-0 activations and per-tensor weights,
+    # for DSP / NNAPI delegates that require them (post-training through qwix, and QAT)
+    m.int8_scheme = "asymmetric"
     return m
 
 
@@ -98,6 +102,11 @@ def train_config(schedule: str = "long") -> ml_collections.ConfigDict:
     # with checkpoint.init_from=<float workdir> and a lower learning rate. A conv that qwix would
     # leave float is an error (QatError).
     t.qat = False
+    # QAT: fold BatchNorm into the conv kernels at the start (the starting model's moving
+    # statistics, models.qat.fold_batch_norms) and keep it frozen, so the fake quantization sees
+    # the folded kernels the int8 file holds (needed for per-tensor weights, int8_scheme
+    # "symmetric"). False: BN trains on batch statistics, unfolded, as before.
+    t.qat_fold_bn = True
     return t
 
 
@@ -207,6 +216,9 @@ def export_config() -> ml_collections.ConfigDict:
     # ops (export/int8_kernels.py). "op" / "avg_pool" keep the converter's ops.
     e.int8_hard_swish = "mul_add"
     e.int8_global_pool = "mean"
+    # "" = the model's config.model.int8_scheme; "symmetric" (zero-point-0 activations, per-tensor
+    # weights) post-training quantizes a float model for delegates that require it
+    e.int8_scheme = ""
     return e
 
 

@@ -247,7 +247,7 @@ def evaluate_checkpoint_result(
     if loaded.variables.get("quant_stats"):
         from mobiledet_jax.models import qat
 
-        model = qat.qat_model(model)
+        model = qat.qat_model(model, scheme=config.model.get("int8_scheme", "asymmetric"))
         logging.info("QAT checkpoint: evaluating the fake-quantized (int8-equivalent) model")
     evaluator = Evaluator(config, make_mesh(config.mesh), model=model)
     evaluator.evaluate(loaded.variables)

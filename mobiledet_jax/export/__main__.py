@@ -68,6 +68,13 @@ flags.DEFINE_enum(
     ["mean", "avg_pool"],
     "int8: squeeze-excite's global AVERAGE_POOL_2D as MEAN (mean, XNNPACK int8) or not",
 )
+flags.DEFINE_enum(
+    "int8_scheme",
+    None,
+    ["asymmetric", "symmetric"],
+    "int8 scheme (default: the model's): symmetric = zero-point-0 activations and "
+    "per-tensor weights, for DSP / NNAPI delegates that require them",
+)
 flags.DEFINE_string("saved_model_dir", None, "keep the intermediate SavedModel here")
 command_line.define_json("also write the report as JSON to this path (- for stdout)")
 command_line.define_print_config()
@@ -75,7 +82,7 @@ command_line.define_print_config()
 OPTION_FLAGS = ("target", "format", "outputs", "preset", "labels", "calibration_images",
                 "representative_images", "parity_images", "eval_split", "eval_images",
                 "latency_runs", "fast_nms", "float_input", "saved_model_dir", "int8_hard_swish",
-                "int8_global_pool")  # fmt: skip
+                "int8_global_pool", "int8_scheme")  # fmt: skip
 
 
 def _fail(message) -> None:

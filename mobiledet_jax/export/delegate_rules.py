@@ -25,6 +25,12 @@ Delegate, docs.qualcomm.com 80-63442-10 "Acceleration Support": HTP runs 8-bit f
 a superset of these ops, so a model that passes here also maps there. A delegate may take several
 partitions; ``partitions`` counts the runs of delegated ops.
 
+Symmetric int8 (``require_symmetric``, ``--symmetric``; ``config.model.int8_scheme="symmetric"``
+exports check it for ``dsp``): for delegates that take only zero-point-0 int8 activations and one
+scale per weight tensor, every int8 activation must have zero point 0 (the uint8 interface: 128)
+and every conv / fully-connected weight one scale. The outputs of LOGISTIC and SOFTMAX are exempt:
+TFLite fixes their quantization (scale 1/256, zero point -128) and any int8 delegate takes that.
+
 The post-processing (``TFLite_Detection_PostProcess`` and the DEQUANTIZE ops feeding it) always runs
 on the CPU; ``ok`` means every other op maps (for EdgeTPU also: none of them after the split).
 """
@@ -65,6 +71,8 @@ DSP_OPS = {
     **dict.fromkeys("RELU HARD_SWISH RESHAPE DEPTH_TO_SPACE NEG".split(), 1),
 }
 _RELU_OR_NONE = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+_FIXED_OUTPUT_RANGE = ("LOGISTIC", "SOFTMAX")
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
 @dataclasses.dataclass
@@ -245,8 +253,27 @@ def _dsp_reason(op: flatbuffer.OpInfo) -> str | tuple[str, str]:
     return ""
 
 
-def check(tflite: bytes, target: str, runtime_version: int = 14) -> PreflightResult:
-    """Checks every op of subgraph 0 for ``target`` ("edgetpu" or "dsp")."""
+def symmetric_reason(op: flatbuffer.OpInfo) -> tuple[str, str]:
+    """``("", "")`` if the op's int8 tensors are symmetric (module docstring), else the reason."""
+    if op.name in _WEIGHTED and len(op.inputs) > 1 and op.inputs[1] is not None:
+        w = op.inputs[1]
+        if w.num_scales > 1:
+            return "per-channel weights, not per-tensor", w.name
+    for i, t in enumerate(_tensors(op)):
+        is_output = i >= len([x for x in op.inputs if x is not None])
+        if t.is_constant or (is_output and op.name in _FIXED_OUTPUT_RANGE):
+            continue
+        zero = {"INT8": 0, "UINT8": 128}.get(t.dtype)
+        if zero is not None and t.zero_points and any(z != zero for z in t.zero_points):
+            return "activation zero point not 0 (asymmetric int8)", f"{t.name} {t.zero_points[0]}"
+    return "", ""
+
+
+def check(
+    tflite: bytes, target: str, runtime_version: int = 14, require_symmetric: bool = False
+) -> PreflightResult:
+    """Checks every op of subgraph 0 for ``target`` ("edgetpu" or "dsp"); ``require_symmetric``
+    also for symmetric int8 (zero-point-0 activations, per-tensor weights)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     model = flatbuffer.read(tflite)
@@ -259,6 +286,8 @@ def check(tflite: bytes, target: str, runtime_version: int = 14) -> PreflightRes
         reason, detail = (
             check_edgetpu_op(op, runtime_version) if target == "edgetpu" else check_dsp_op(op)
         )
+        if not reason and require_symmetric and op.index not in post:
+            reason, detail = symmetric_reason(op)
         checks.append(
             OpCheck(op.index, op.name, op.version, op.index in post, not reason, reason, detail)
         )

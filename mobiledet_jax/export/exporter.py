@@ -87,6 +87,7 @@ class ExportOptions:
     preset: str = ""  # "frigate" (PRESETS)
     int8_hard_swish: str = "mul_add"  # or "op": the converter's HARD_SWISH (int8_kernels)
     int8_global_pool: str = "mean"  # or "avg_pool": the converter's AVERAGE_POOL_2D
+    int8_scheme: str = ""  # "" = config.model.int8_scheme; "asymmetric" or "symmetric"
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict, **overrides) -> ExportOptions:
@@ -168,22 +169,48 @@ def coco_comparison(tflite: bytes, model, variables, eval_iterable, opts, anchor
     }
 
 
-def _convert_body(model, variables, size, fmt: str, head: str, opts, rep_pixels):
+def _convert_body(model, variables, size, fmt: str, head: str, opts, rep_pixels, scheme):
     """The converted network (before post-processing and metadata) and the seconds it took;
     int8 of a QAT checkpoint (one with ``quant_stats``) through ``qat_convert`` with its trained
-    ranges, else ``convert`` (int8: calibrated on ``rep_pixels``)."""
+    ranges; int8 in the symmetric ``scheme`` through the same path with ranges calibrated on
+    ``rep_pixels`` (``symmetric_ptq_stats``); else ``convert`` (int8: TFLiteConverter's
+    post-training quantization calibrated on ``rep_pixels``)."""
     quant_stats = variables.get("quant_stats") if fmt == "int8" else None
     t0 = time.time()
+    if fmt == "int8" and not quant_stats and scheme == "symmetric":
+        from mobiledet_jax.models import qat
+
+        quant_stats = symmetric_ptq_stats(model, variables, rep_pixels)
+        variables = qat.fold_batch_norms(model, variables)
     if quant_stats:
         from mobiledet_jax.export import qat_convert
 
         body = qat_convert.convert(model, variables, quant_stats, size, head,
-                                   opts.int8_hard_swish, opts.int8_global_pool)  # fmt: skip
+                                   opts.int8_hard_swish, opts.int8_global_pool,
+                                   scheme)  # fmt: skip
     else:
         body = convert.convert(model, variables, size, fmt, head, rep_pixels, opts.float_input,
                                opts.saved_model_dir, opts.int8_hard_swish,
                                opts.int8_global_pool)  # fmt: skip
     return body, time.time() - t0
+
+
+def symmetric_ptq_stats(model, variables, pixels) -> dict:
+    """Post-training ranges in the symmetric scheme: one pass of qwix's fake-quant model
+    (``models.qat``, abs-max activation ranges, per-tensor weights of the BN-folded kernels:
+    convert ``qat.fold_batch_norms(model, variables)`` with them) over the calibration pixels,
+    8 images at a time (qwix's range of a tensor: the mean over images of their abs-max).
+    TFLiteConverter has no zero-point-0 activation option, so these files go through the QAT
+    converter."""
+    from mobiledet_jax.models import preprocess, qat
+
+    qmodel = qat.qat_model(model, scheme="symmetric")
+    variables = qat.fold_batch_norms(model, variables)  # per-tensor scales of the folded kernels
+    pixels = np.stack(pixels)
+    chunks = [pixels[i : i + 8] for i in range(0, len(pixels), 8)]
+    stats = [qat.calibrate(qmodel, variables, preprocess(jnp.asarray(c))) for c in chunks]
+    # qwix keeps sums over images and their count: the chunks' entries add up
+    return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *stats)
 
 
 def _with_metadata(tflite: bytes, model_config, names, fmt, size, meta, opts) -> bytes:
@@ -197,6 +224,22 @@ def _with_metadata(tflite: bytes, model_config, names, fmt, size, meta, opts) ->
         uint8_input=not opts.float_input,
     )
     return metadata.attach(tflite, md, labels)
+
+
+def int8_scheme(model_config, opts, quantization) -> str:
+    """The int8 scheme of the file: ``--int8_scheme``, else the model's (``config.model``); a QAT
+    checkpoint is converted in the scheme it was trained in (another one is a ValueError)."""
+    from mobiledet_jax.models import qat
+
+    trained = model_config.get("int8_scheme", "asymmetric")
+    scheme = opts.int8_scheme or trained
+    qat.check_scheme(scheme)
+    if quantization == "qat" and scheme != trained:
+        raise ValueError(
+            f"this QAT checkpoint was trained in the {trained!r} int8 scheme; "
+            f"--int8_scheme={scheme} would need another QAT run"
+        )
+    return scheme
 
 
 def float32_model_config(model_config):
@@ -231,6 +274,7 @@ def export_model(
     size = input_size(model_config)
     head = "scores" if opts.outputs == "postprocessed" else "logits"
     quantization = None if fmt != "int8" else ("qat" if variables.get("quant_stats") else "ptq")
+    scheme = int8_scheme(model_config, opts, quantization)
     t0 = time.time()
     stages = Progress("export", 5, "stage")  # inputs, convert, parity, file, scoring
     stages.update(0, f"{fmt}: labels, calibration and evaluation inputs", line=True)
@@ -238,7 +282,8 @@ def export_model(
                          workdir_names)  # fmt: skip
     t1 = time.time()
     stages.update(1, f"{fmt}: converting (jax2tf -> SavedModel -> TFLite)", line=True)
-    body, convert_s = _convert_body(model, variables, size, fmt, head, opts, got.calibration)
+    body, convert_s = _convert_body(model, variables, size, fmt, head, opts, got.calibration,
+                                    scheme)  # fmt: skip
     fused = convert.check_fused(body, convert.count_convs(variables))
     stages.update(2, f"parity against JAX on {len(got.parity_pixels)} images", line=True)
     par = parity(body, model, variables, got.parity_pixels, head) if got.parity_pixels else {}
@@ -259,7 +304,10 @@ def export_model(
         atomic_files.write_bytes(out.with_name(out.name + ".anchors.npy"), buffer.getvalue())
     pre = None
     if opts.target in delegate_rules.TARGETS:
-        result = delegate_rules.check(final, opts.target, opts.edgetpu_runtime_version)
+        symmetric = opts.target == "dsp" and scheme == "symmetric"
+        result = delegate_rules.check(
+            final, opts.target, opts.edgetpu_runtime_version, require_symmetric=symmetric
+        )
         pre = {**result.to_dict(), "table": result.table()}
     stages.update(4, "scoring the file (COCO, latency)", line=True)
     coco = {"split": opts.eval_split, "images": 0, "error": got.coco_skipped}

@@ -99,9 +99,14 @@ def check_modes(hard_swish: str, global_pool: str) -> None:
         )
 
 
-def rewrite(tflite: bytes, hard_swish: str = "mul_add", global_pool: str = "mean") -> bytes:
+def rewrite(
+    tflite: bytes, hard_swish: str = "mul_add", global_pool: str = "mean", symmetric: bool = False
+) -> bytes:
     """The int8 ``HARD_SWISH`` and global ``AVERAGE_POOL_2D`` ops of every subgraph rewritten as
-    the module docstring says (``"op"`` / ``"avg_pool"`` keep them); float ops are kept."""
+    the module docstring says (``"op"`` / ``"avg_pool"`` keep them); float ops are kept.
+
+    ``symmetric``: a file of the symmetric int8 scheme (zero point 0 everywhere): the gate is
+    then quantized at scale 1/127, zero point 0, and the ADD's fused RELU does the clip at 0."""
     check_modes(hard_swish, global_pool)
     model = flatbuffer.read(tflite)
     changed = 0
@@ -113,7 +118,7 @@ def rewrite(tflite: bytes, hard_swish: str = "mul_add", global_pool: str = "mean
             if x is None or x.type != schema.TensorType.INT8:
                 ops.append(op)
             elif name == "HARD_SWISH" and hard_swish == "mul_add":
-                ops += _hard_swish_ops(model, sg, op)
+                ops += _hard_swish_ops(model, sg, op, symmetric)
                 changed += 1
             elif name == "AVERAGE_POOL_2D" and global_pool == "mean" and _is_global(sg, op):
                 ops.append(_as_mean(model, sg, op))
@@ -124,7 +129,7 @@ def rewrite(tflite: bytes, hard_swish: str = "mul_add", global_pool: str = "mean
     return flatbuffer.write(model) if changed else tflite
 
 
-def _hard_swish_ops(model, sg, op) -> list:
+def _hard_swish_ops(model, sg, op, symmetric: bool) -> list:
     x = sg.tensors[op.inputs[0]]
     s, z = _per_tensor(x, "input")
     _per_tensor(sg.tensors[op.outputs[0]], "output")
@@ -134,10 +139,14 @@ def _hard_swish_ops(model, sg, op) -> list:
     sixth = _constant(model, sg, base + "/one_sixth", 1 / 6)
     half = _constant(model, sg, base + "/one_half", 0.5)
     x6 = _tensor(model, sg, base + "/x_sixth", x.shape, s / 6.0, z)
-    gate = _tensor(model, sg, base + "/gate", x.shape, GATE_SCALE, GATE_ZERO_POINT)
+    gate_q = (1.0 / 127.0, 0) if symmetric else (GATE_SCALE, GATE_ZERO_POINT)
+    gate = _tensor(model, sg, base + "/gate", x.shape, *gate_q)
+    add_op = _op(add, [x6, half], [gate], "add")
+    if symmetric:  # [-1, 1] by saturation; the clip at 0 is the fused RELU
+        add_op.builtinOptions.fusedActivationFunction = schema.ActivationFunctionType.RELU
     return [
         _op(mul, [op.inputs[0], sixth], [x6], "mul"),
-        _op(add, [x6, half], [gate], "add"),
+        add_op,
         _op(mul, [op.inputs[0], gate], op.outputs, "mul"),
     ]
 

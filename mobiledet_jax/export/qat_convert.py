@@ -18,7 +18,7 @@ import qwix
 from mobiledet_jax.export import convert as convert_lib
 from mobiledet_jax.export import int8_kernels
 from mobiledet_jax.models import as_convolutions
-from mobiledet_jax.models.qat import INPUT_RANGE, QatError, _as_jax, register_ops, rules
+from mobiledet_jax.models.qat import QatError, _as_jax, provider_options, register_ops, rules
 from mobiledet_jax.tflite import flatbuffer
 
 _UINT8 = 3  # schema TensorType.UINT8, for modify_model_interface
@@ -39,12 +39,12 @@ def check_int8(tflite: bytes) -> None:
         raise QatError(f"{len(bad)} op(s) left in float after QAT conversion: {bad[:10]}")
 
 
-def stablehlo_text(model, variables, quant_stats, image_size) -> str:
+def stablehlo_text(model, variables, quant_stats, image_size, scheme: str = "asymmetric") -> str:
     """The conversion model (static scales, ``quant.fake_quant`` composites) as StableHLO text:
     ``images -> (box_encodings, class_logits)``."""
     v = _as_jax({k: variables[k] for k in ("params", "batch_stats")})
     provider = qwix.OdmlConversionProvider(
-        rules(), v["params"], _as_jax(quant_stats), fixed_range_for_inputs=INPUT_RANGE
+        rules(scheme=scheme), v["params"], _as_jax(quant_stats), **provider_options(scheme)
     )
     cmodel = qwix.quantize_model(as_convolutions(model), register_ops(provider))
 
@@ -64,6 +64,7 @@ def convert(
     head: str = "logits",
     int8_hard_swish: str = "mul_add",
     int8_global_pool: str = "mean",
+    scheme: str = "asymmetric",
 ) -> bytes:
     """QAT model -> int8 TFLite with uint8 input (pixels, ``(p - 128) * 2/255`` inside) and uint8
     outputs, tensor names as ``convert.convert`` (``images``; ``box_encodings``, ``class_*``).
@@ -71,6 +72,7 @@ def convert(
     ``head="scores"`` appends one int8 LOGISTIC to the logits (see ``_logistic_output``): a sigmoid
     traced after the model would be outside qwix's interception, i.e. a float op.
     ``int8_hard_swish``, ``int8_global_pool``: as ``convert.convert`` (``int8_kernels``).
+    ``scheme``: the int8 scheme the model was trained (or calibrated) in (``models.qat.SCHEMES``).
     """
     from litert_converter import converter_api_ext as C
     from litert_converter.mlir import ir, passmanager
@@ -78,7 +80,7 @@ def convert(
     int8_kernels.check_modes(int8_hard_swish, int8_global_pool)
     if not quant_stats:
         raise QatError("no quant_stats: calibrate or train the QAT model first")
-    text = stablehlo_text(model, variables, quant_stats, image_size)
+    text = stablehlo_text(model, variables, quant_stats, image_size, scheme)
     names = list(convert_lib.HEADS[head])
     with ir.Context() as ctx, ir.Location.unknown():
         C.prepare_mlir_context(ctx)
@@ -93,7 +95,9 @@ def convert(
     if head == "scores":
         tflite = _logistic_output(tflite, 1)
     tflite = _uint8_interface(tflite)
-    tflite = int8_kernels.rewrite(tflite, int8_hard_swish, int8_global_pool)
+    tflite = int8_kernels.rewrite(
+        tflite, int8_hard_swish, int8_global_pool, symmetric=scheme == "symmetric"
+    )
     check_int8(tflite)
     model_t = flatbuffer.read(tflite)
     return flatbuffer.write(flatbuffer.set_io_names(model_t, [convert_lib.INPUT_NAME], names))

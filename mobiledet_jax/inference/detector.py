@@ -72,7 +72,7 @@ class _JaxBackend:
         if loaded.variables.get("quant_stats"):
             from mobiledet_jax.models import qat
 
-            model = qat.qat_model(model)
+            model = qat.qat_model(model, scheme=model_config.get("int8_scheme", "asymmetric"))
         anchors = anchors_lib.anchors_from_config(self.config.detection.anchors, *self.input_size)
         nms = postprocess.NmsSettings.from_config(self.config.detection.nms)
 

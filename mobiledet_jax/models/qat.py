@@ -42,8 +42,11 @@ import contextvars
 import functools
 import re
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import qwix
 from jax import lax
 from qwix._src import aux_data
@@ -53,14 +56,42 @@ from qwix._src.utils import flax_util
 from mobiledet_jax.models.factory import as_convolutions
 
 INPUT_RANGE = (-1.0, 1.0)  # the model input: preprocess() output
+# config.model.int8_scheme: "asymmetric" is TFLite's int8 scheme (per-channel symmetric weights,
+# per-tensor asymmetric activations: min/max ranges, any zero point); "symmetric" has zero point 0
+# activations (abs-max ranges) and one weight scale per tensor, as the DSP / NNAPI delegates that
+# require symmetric int8 take it. TFLite's fixed-range ops keep their ranges (LOGISTIC: [0, 1)).
+SCHEMES = ("asymmetric", "symmetric")
 
 
 class QatError(RuntimeError):
     """QAT was requested but a layer would not be quantized."""
 
 
-def rules(module_path: str = ".*") -> list:
-    return [qwix.QuantizationRule(module_path=module_path, weight_qtype="int8", act_qtype="int8")]
+def check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"int8_scheme must be one of {SCHEMES}, got {scheme!r}")
+
+
+def rules(module_path: str = ".*", scheme: str = "asymmetric") -> list:
+    check_scheme(scheme)
+    act = "absmax" if scheme == "symmetric" else "minmax"
+    return [
+        qwix.QuantizationRule(
+            module_path=module_path,
+            weight_qtype="int8",
+            act_qtype="int8",
+            act_calibration_method=act,
+        )
+    ]
+
+
+def provider_options(scheme: str = "asymmetric") -> dict:
+    """Keyword arguments of qwix's ODML providers (QAT and conversion) for ``scheme``."""
+    check_scheme(scheme)
+    return {
+        "fixed_range_for_inputs": INPUT_RANGE,
+        "disable_per_channel_weights": scheme == "symmetric",
+    }
 
 
 # While ``calibrate`` traces the QAT model: module paths of the convs whose kernel qwix fake-quantizes.
@@ -101,6 +132,59 @@ def register_ops(provider):
     return provider
 
 
+def batch_norm_epsilons(model, image_size=(64, 64)) -> dict[str, float]:
+    """``{"backbone/Conv/BatchNorm": 0.01, ...}``: every BatchNorm's module path and epsilon
+    (read from the modules while tracing shapes only)."""
+    found: dict[str, float] = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm):
+            found["/".join(context.module.path)] = float(context.module.epsilon)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_size, 3)), train=False)
+        )
+    return found
+
+
+def fold_batch_norms(model, variables) -> dict:
+    """``variables`` with every BatchNorm folded into the kernel of the conv before it, as the
+    converter folds it: ``kernel * s`` and BN bias ``beta - mean * s`` (``s = gamma /
+    sqrt(var + eps)``, per output channel), the BN left as the identity plus that bias (scale 1,
+    mean 0, variance ``1 - eps``, so that ``rsqrt(var + eps)`` is exactly 1). In inference mode
+    the model computes the same function (to float rounding); in QAT (``train.qat_fold_bn``) the
+    fake quantization then sees the folded kernel the int8 file holds (per-tensor weight scales
+    need that: they do not commute with BN's per-channel scale), and BN stays frozen."""
+    params = flax.traverse_util.flatten_dict(jax.tree.map(_host, variables["params"]), sep="/")
+    stats = flax.traverse_util.flatten_dict(jax.tree.map(_host, variables["batch_stats"]), sep="/")
+    for path, eps in batch_norm_epsilons(model).items():
+        conv = path.rsplit("/", 1)[0] + "/kernel"
+        if conv not in params:
+            raise QatError(f"BatchNorm {path} does not follow a conv kernel")
+        eps32 = np.float32(eps)
+        s = params[path + "/scale"] / np.sqrt(stats[path + "/var"] + eps32)
+        params[conv] = (params[conv] * s).astype(np.float32)  # output channels are the last axis
+        params[path + "/bias"] = (params[path + "/bias"] - stats[path + "/mean"] * s).astype(
+            np.float32
+        )
+        params[path + "/scale"] = np.ones_like(s, np.float32)
+        stats[path + "/mean"] = np.zeros_like(s, np.float32)
+        stats[path + "/var"] = np.full_like(s, np.float32(1.0) - eps32, np.float32)
+    out = dict(variables)
+    out["params"] = _as_jax(flax.traverse_util.unflatten_dict(params, sep="/"))
+    out["batch_stats"] = _as_jax(flax.traverse_util.unflatten_dict(stats, sep="/"))
+    return out
+
+
+def _host(x) -> np.ndarray:
+    """A (replicated) array on this host: a process's own copy when it spans several hosts."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 def _as_jax(tree):
     return jax.tree.map(jnp.asarray, tree)
 
@@ -130,13 +214,14 @@ def check_covered(paths, module_path: str) -> None:
         raise QatError(f"{len(missing)} conv layer(s) not quantized: {missing[:10]}")
 
 
-def qat_model(model, module_path: str = ".*"):
-    """The fake-quantized model (same ``apply`` arguments; adds the ``quant_stats`` collection).
+def qat_model(model, module_path: str = ".*", scheme: str = "asymmetric"):
+    """The fake-quantized model (same ``apply`` arguments; adds the ``quant_stats`` collection)
+    in the int8 ``scheme`` (``SCHEMES``).
 
     Raises QatError when ``module_path`` would leave a convolution in float.
     """
     check_covered(conv_paths(model), module_path)
-    provider = qwix.OdmlQatProvider(rules(module_path), fixed_range_for_inputs=INPUT_RANGE)
+    provider = qwix.OdmlQatProvider(rules(module_path, scheme), **provider_options(scheme))
     # depthwise convs as convolutions: the op qwix fake-quantizes (never the CPU's shifted form)
     return qwix.quantize_model(as_convolutions(model), register_ops(provider))
 

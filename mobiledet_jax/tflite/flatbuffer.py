@@ -29,6 +29,7 @@ class TensorInfo:
     dtype: str  # "FLOAT32", "INT8", "UINT8", "INT32", ...
     is_constant: bool
     num_scales: int  # quantization scales (0: not quantized; >1: per-channel)
+    zero_points: tuple[int, ...] = ()  # one per scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +87,13 @@ def _tensor_info(model: schema.ModelT, subgraph, index: int) -> TensorInfo | Non
     is_const = buf is not None and buf.data is not None and len(buf.data) > 0
     q = t.quantization
     num_scales = 0 if q is None or q.scale is None else len(q.scale)
+    zero_points = (
+        () if not num_scales or q.zeroPoint is None else tuple(int(z) for z in q.zeroPoint)
+    )
     name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
     shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
     return TensorInfo(
-        index, name, shape, _TYPE_NAMES.get(t.type, str(t.type)), is_const, num_scales
+        index, name, shape, _TYPE_NAMES.get(t.type, str(t.type)), is_const, num_scales, zero_points
     )
 
 

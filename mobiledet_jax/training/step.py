@@ -34,16 +34,19 @@ def loss_fn(
     quant_stats=None,
     matcher_settings: matcher.MatcherSettings | None = None,
     loss_settings: losses.LossSettings | None = None,
+    bn_train: bool = True,
 ):
     """Total loss (focal + smooth-L1 over matches, + L2) and the updated mutable collections
     (``batch_stats``; also ``quant_stats`` when given, for a QAT model of ``models.qat``).
-    Matcher and loss settings default to the reference recipe."""
+    Matcher and loss settings default to the reference recipe. ``bn_train=False``: BatchNorm
+    uses and keeps its moving statistics (QAT on BN-folded weights, ``train.qat_fold_bn``)."""
     variables = {"params": params, "batch_stats": batch_stats}
     mutable = ["batch_stats"]
     if quant_stats:
         variables["quant_stats"] = quant_stats
         mutable.append("quant_stats")
-    out, updates = model.apply(variables, batch["image"], train=True, mutable=mutable)
+    out, updates = model.apply(variables, batch["image"], train=bn_train, mutable=mutable)
+    updates = {"batch_stats": batch_stats, **updates}  # frozen BN: the statistics unchanged
     l2 = losses.l2_regularization(params, l2_weight)
     total, metrics = detection_objective(
         out, batch, anchors, num_classes, l2, matcher_settings, loss_settings
@@ -102,6 +105,7 @@ def make_train_step(
     trainer's NaN guard reads it with the log window, without a host sync per step.
     """
     schedule = schedules.from_config(train)
+    bn_train = not (train.get("qat", False) and train.get("qat_fold_bn", False))
     match_s = matcher.MatcherSettings.from_config(detection.matcher) if detection else None
     loss_s = losses.LossSettings.from_config(detection.loss) if detection else None
 
@@ -118,6 +122,7 @@ def make_train_step(
             state.quant_stats,
             match_s,
             loss_s,
+            bn_train,
         )
         param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, param_updates)

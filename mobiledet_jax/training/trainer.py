@@ -92,7 +92,19 @@ def _qat_model(config, model):
         return model
     from mobiledet_jax.models import qat  # qwix, only for QAT runs
 
-    return qat.qat_model(model)  # QatError if a conv would stay float
+    # QatError if a conv would stay float
+    return qat.qat_model(model, scheme=config.model.int8_scheme)
+
+
+def _fold_batch_norms(model, state: TrainState, mesh) -> TrainState:
+    """QAT with ``train.qat_fold_bn``: BatchNorm folded into the conv kernels from the starting
+    model's moving statistics (``models.qat.fold_batch_norms``); BN then stays frozen."""
+    from mobiledet_jax.models import qat
+
+    folded = qat.fold_batch_norms(model, state.variables)
+    logging.info("QAT: BatchNorm folded into the conv kernels (frozen statistics)")
+    put = lambda tree: jax.device_put(tree, replicated(mesh))
+    return state.replace(params=put(folded["params"]), batch_stats=put(folded["batch_stats"]))
 
 
 def _calibrate(qmodel, state: TrainState, batch, mesh) -> TrainState:
@@ -171,6 +183,8 @@ def _prepare_locked(config, workdir: epath.Path, lock) -> _Run:
     resume = ckpt.latest_step() is not None
     if not resume and config.checkpoint.init_from:
         state = _init_from(config, state)
+    if tcfg.qat and tcfg.qat_fold_bn and not resume:  # a resumed run restores folded weights
+        state = _fold_batch_norms(model, state, mesh)
     if tcfg.qat:
         state = _calibrate(train_model, state, next(train_iter), mesh)
     if resume:

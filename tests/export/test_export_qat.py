@@ -73,3 +73,56 @@ def test_check_int8_flags_float_ops(setup):
 
     with pytest.raises(qat.QatError, match=r"op\(s\) left in float"):
         qat_convert.check_int8(convert.convert(model, variables, SIZE, "float32"))
+
+
+@pytest.mark.slow
+def test_symmetric_scheme_has_zero_points_0_and_per_tensor_weights(setup):
+    """config.model.int8_scheme="symmetric": post-training ranges through qwix (abs-max), the
+    file passes the DSP preflight's symmetric rule; TFLite's own scheme does not."""
+    from mobiledet_jax.export import convert, delegate_rules, exporter
+
+    model, variables, pixels = setup
+    stats = exporter.symmetric_ptq_stats(model, variables, list(pixels))
+    folded = qat.fold_batch_norms(model, variables)
+    tflite = qat_convert.convert(model, folded, stats, SIZE, scheme="symmetric")
+    qat_convert.check_int8(tflite)
+    for op in flatbuffer.list_ops(tflite):
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            assert op.inputs[1].num_scales == 1, op.inputs[1].name
+        for t in (*op.inputs, *op.outputs):
+            if t is not None and t.dtype == "INT8" and not t.is_constant:
+                assert t.zero_points == (0,), (op.name, t.name, t.zero_points)
+    result = delegate_rules.check(tflite, "dsp", require_symmetric=True)
+    assert result.ok, result.table()
+    # the same model in TFLite's scheme (asymmetric activations, per-channel weights)
+    ptq = convert.convert(model, variables, SIZE, "int8", representative_images=list(pixels))
+    strict = delegate_rules.check(ptq, "dsp", require_symmetric=True)
+    assert delegate_rules.check(ptq, "dsp").ok and not strict.ok
+    reasons = {op.reason for op in strict.failing}
+    assert "per-channel weights, not per-tensor" in reasons
+    # the fake-quant model in the symmetric scheme computes what the file computes
+    qmodel = qat.qat_model(model, scheme="symmetric")
+    v = {k: folded[k] for k in ("params", "batch_stats")}
+    x = (jnp.asarray(pixels[:1], jnp.float32) - 128.0) * (2.0 / 255.0)
+    ref = jax.jit(lambda x: qmodel.apply({**v, "quant_stats": stats}, x, train=False))(x)
+    got = runtime.TFLiteModel(tflite).invoke(pixels[:1])
+    for name in ("box_encodings", "class_logits"):
+        step = float(flatbuffer.quantization(tflite, name)[0][0])
+        assert np.abs(got[name] - np.asarray(ref[name])).mean() < step, name
+    with pytest.raises(ValueError, match="int8_scheme"):
+        qat.qat_model(model, scheme="affine")
+
+
+def test_fold_batch_norms_keeps_the_function(setup):
+    model, variables, pixels = setup
+    folded = qat.fold_batch_norms(model, variables)
+    eps = qat.batch_norm_epsilons(model)
+    assert len(eps) == 81 and set(eps.values()) == {0.01, 0.001}  # backbone, neck and head
+    bn = folded["params"]["backbone"]["Conv"]["BatchNorm"]
+    assert np.all(np.asarray(bn["scale"]) == 1.0)
+    var = np.asarray(folded["batch_stats"]["backbone"]["Conv"]["BatchNorm"]["var"])
+    assert np.all(np.float32(var + np.float32(0.01)) == 1.0)  # rsqrt(var + eps) is exactly 1
+    x = preprocess(jnp.asarray(pixels))
+    a, b = (model.apply(v, x, train=False) for v in (variables, folded))
+    for name in ("box_encodings", "class_logits"):
+        np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), atol=2e-5)
