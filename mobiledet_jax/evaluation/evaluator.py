@@ -120,15 +120,17 @@ def jax_detect_fn(
     mesh: Mesh,
     nms: postprocess.NmsSettings,
     pixels: bool = False,
+    normalize=preprocess,
 ):
     """``variables, batch -> (detections, batch ground truth)``, jitted, outputs replicated.
 
     ``pixels``: the batch images are [0, 255] pixels (``build_eval_iterator(..., pixels=True)``,
-    the input an exported file takes) and are normalized here, inside the jitted function.
+    the input an exported file takes) and are normalized here, inside the jitted function, by
+    ``normalize`` (``models.qat.file_input`` for the fake-quant model an int8 file is checked on).
     """
 
     def detect(variables, batch):
-        images = preprocess(batch["image"]) if pixels else batch["image"]
+        images = normalize(batch["image"]) if pixels else batch["image"]
         out = model.apply(variables, images, train=False)
         det = postprocess.postprocess(out["box_encodings"], out["class_logits"], anchors, nms)
         keep = {k: v for k, v in batch.items() if k != "image"}

@@ -45,15 +45,17 @@ class ConversionError(RuntimeError):
     pass
 
 
-def serving_function(model, variables, head: str = "logits") -> Callable:
-    """``pixels [1, H, W, 3] (uint8 or float in [0, 255]) -> (box_encodings, class_output)``."""
+def serving_function(model, variables, head: str = "logits", normalize=preprocess) -> Callable:
+    """``pixels [1, H, W, 3] (uint8 or float in [0, 255]) -> (box_encodings, class_output)``;
+    ``normalize``: pixels -> model input (``models.qat.file_input`` for a QAT reference)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {sorted(HEADS)}, got {head!r}")
-    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    keep = ("params", "batch_stats", "quant_stats")  # quant_stats: a QAT model (parity, COCO)
+    variables = {k: variables[k] for k in keep if k in variables}
     model = as_convolutions(model)  # one DEPTHWISE_CONV_2D per depthwise conv in the file
 
     def fn(pixels):
-        out = model.apply(variables, preprocess(pixels), train=False)
+        out = model.apply(variables, normalize(pixels), train=False)
         logits = out["class_logits"]
         return out["box_encodings"], (jax.nn.sigmoid(logits) if head == "scores" else logits)
 

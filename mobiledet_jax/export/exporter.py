@@ -49,7 +49,7 @@ from mobiledet_jax.export import (
     postprocess_op,
     report,
 )
-from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.models import build_model, input_size, preprocess
 from mobiledet_jax.progress import Progress, format_duration
 from mobiledet_jax.sharding import host_mesh
 from mobiledet_jax.tflite import flatbuffer, runtime
@@ -119,38 +119,47 @@ class ExportOptions:
         return self.format or TARGET_FORMATS[self.target]
 
 
-def jax_raw(model, variables, pixels: np.ndarray, head: str = "logits"):
+def jax_raw(model, variables, pixels: np.ndarray, head: str = "logits", normalize=preprocess):
     """JAX outputs for uint8 pixels ``[B, H, W, 3]`` (the same function the file was made from)."""
-    fn = jax.jit(convert.serving_function(model, variables, head))
+    fn = jax.jit(convert.serving_function(model, variables, head, normalize))
     with jax.default_matmul_precision("float32"):  # full precision on accelerators too
         outs = [fn(jnp.asarray(p[None])) for p in pixels]
     return tuple(np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(2))
 
 
-def parity(tflite: bytes, model, variables, pixels: list[np.ndarray], head: str) -> dict:
+def parity(
+    tflite: bytes, model, variables, pixels: list[np.ndarray], head: str, normalize=preprocess
+) -> dict:
     """Raw outputs of the file vs JAX on the same uint8 pixels."""
     pixels = np.stack(pixels)
-    ref = jax_raw(model, variables, pixels, head)
+    ref = jax_raw(model, variables, pixels, head, normalize)
     tfl = runtime.TFLiteModel(tflite)
     outs = [tfl.invoke(p[None]) for p in pixels]
     result = {}
     for name, r in zip(convert.HEADS[head], ref, strict=True):
-        stats = report.parity_stats(np.concatenate([o[name] for o in outs]), r)
+        got = np.concatenate([o[name] for o in outs])
+        stats = report.parity_stats(got, r)
         quant = flatbuffer.quantization(tflite, name)
         if quant is not None:  # express the error in output quantization steps too
-            stats["output_step"] = float(quant[0][0])
-            stats["max_abs_diff_steps"] = stats["max_abs_diff"] / float(quant[0][0])
+            step = float(quant[0][0])
+            stats["output_step"] = step
+            stats["max_abs_diff_steps"] = stats["max_abs_diff"] / step
+            # half a step of float slack: the file's outputs are on the step grid, JAX's nearly
+            diff = np.abs(np.asarray(got, np.float64) - np.asarray(r, np.float64))
+            stats["within_one_step"] = float(np.mean(diff <= step * (1 + 1e-4)))
         result[name] = stats
     return result
 
 
-def coco_comparison(tflite: bytes, model, variables, eval_iterable, opts, anchors, nms) -> dict:
+def coco_comparison(
+    tflite: bytes, model, variables, eval_iterable, opts, anchors, nms, normalize=preprocess
+) -> dict:
     """COCO metrics of the file and of the JAX model on the same pixel batches, and the file's
     best-F1 score thresholds at IoU 0.5 (overall and per class: Coral / Frigate ``threshold``)."""
     info = eval_iterable.info
     per_batch = eval_iterable.global_batch_size
     max_batches = -1 if opts.eval_images < 0 else -(-opts.eval_images // per_batch)
-    detect = jax_detect_fn(model, anchors, host_mesh(), nms, pixels=True)
+    detect = jax_detect_fn(model, anchors, host_mesh(), nms, pixels=True, normalize=normalize)
     m_jax = run_coco_evaluation(
         lambda b: detect(variables, b), eval_iterable, info, max_batches, label="eval (JAX)"
     )
@@ -226,6 +235,20 @@ def _with_metadata(tflite: bytes, model_config, names, fmt, size, meta, opts) ->
     return metadata.attach(tflite, md, labels)
 
 
+def reference_model(model, variables, quantization, scheme):
+    """``(model, variables, normalize, label)``: what the file is compared with (parity, COCO).
+    A QAT checkpoint's fake-quant JAX model (the int8 numerics it trained with, ``models.qat``;
+    the file should compute exactly that), fed the values the file's uint8 input stands for
+    (``qat.file_input``); else the float JAX model (post-training quantization: the comparison
+    shows its loss)."""
+    if quantization != "qat":
+        return model, variables, preprocess, "float JAX model"
+    from mobiledet_jax.models import qat
+
+    qmodel = qat.qat_model(model, scheme=scheme)
+    return qmodel, variables, qat.file_input, "fake-quant JAX model (QAT)"
+
+
 def int8_scheme(model_config, opts, quantization) -> str:
     """The int8 scheme of the file: ``--int8_scheme``, else the model's (``config.model``); a QAT
     checkpoint is converted in the scheme it was trained in (another one is a ValueError)."""
@@ -286,7 +309,11 @@ def export_model(
                                     scheme)  # fmt: skip
     fused = convert.check_fused(body, convert.count_convs(variables))
     stages.update(2, f"parity against JAX on {len(got.parity_pixels)} images", line=True)
-    par = parity(body, model, variables, got.parity_pixels, head) if got.parity_pixels else {}
+    ref_model, ref_vars, normalize, reference = reference_model(model, variables, quantization,
+                                                                scheme)  # fmt: skip
+    par = {}
+    if got.parity_pixels:
+        par = parity(body, ref_model, ref_vars, got.parity_pixels, head, normalize)
     anchor_settings = anchors_lib.AnchorSettings.from_config(detection_config.anchors)
     anchors = anchors_lib.anchors_for_image(*size, anchor_settings)
     nms = postprocess.NmsSettings.from_config(detection_config.nms)
@@ -312,7 +339,9 @@ def export_model(
     stages.update(4, "scoring the file (COCO, latency)", line=True)
     coco = {"split": opts.eval_split, "images": 0, "error": got.coco_skipped}
     if got.coco_skipped is None:
-        coco = coco_comparison(final, model, variables, got.eval_iterable, opts, anchors, nms)
+        coco = coco_comparison(final, ref_model, ref_vars, got.eval_iterable, opts, anchors, nms,
+                               normalize)  # fmt: skip
+        coco["reference"] = reference
     latency = None
     if opts.latency_runs > 0:
         latency = {"median_ms": runtime.latency_ms(final, runs=opts.latency_runs)}
@@ -333,7 +362,7 @@ def export_model(
         fused=fused,
         preflight=pre,
         parity={"images": len(got.parity_pixels), "outputs": par, "head": head,
-                "source": got.parity_source},
+                "source": got.parity_source, "reference": reference},
         coco=None if opts.eval_images == 0 else coco,
         latency=latency,
         timing={"inputs_s": t1 - t0, "convert_s": convert_s, "total_s": time.time() - t0},

@@ -109,6 +109,7 @@ def assemble(
             "images": parity["images"],
             "source": parity.get("source", opts.eval_split),
             "outputs": parity["outputs"],
+            "reference": parity.get("reference", "float JAX model"),
             "note": "outputs before post-processing; class_scores = sigmoid(class_logits)"
             if parity["head"] == "scores"
             else "",
@@ -206,18 +207,23 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [pre["table"], "```", ""]
     par = r.get("parity")
     if par:
-        lines += [f"## Parity with JAX ({par['images']} images from `{par['source']}`)", ""]
+        ref = par.get("reference", "float JAX model")
+        lines += [f"## Parity with the {ref} ({par['images']} images from `{par['source']}`)", ""]
         rows = [
-            [k, v["max_abs_diff"], v["mean_abs_diff"], v["max_abs_ref"], v["relative"]]
+            [k, v["max_abs_diff"], v["mean_abs_diff"], v["max_abs_ref"], v["relative"],
+             v.get("within_one_step", "-")]
             for k, v in par["outputs"].items()
-        ]
+        ]  # fmt: skip
         lines += _table(
-            ["output", "max abs diff", "mean abs diff", "max abs ref", "relative"], rows
-        )
+            ["output", "max abs diff", "mean abs diff", "max abs ref", "relative",
+             "within one output step"], rows
+        )  # fmt: skip
         lines += ["", par.get("note", ""), ""]
     coco = r.get("coco")
     if coco:
         lines += [f"## COCO on `{coco['split']}` ({coco['images']} images)", ""]
+        if coco.get("reference"):
+            lines += [f"JAX row: the {coco['reference']}", ""]
         if coco.get("error"):
             lines += [f"not computed: {coco['error']}", ""]
         else:

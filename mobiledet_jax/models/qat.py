@@ -1,33 +1,58 @@
 """Quantization-aware training with qwix's ODML providers: the fake-quantized (int8) model.
 
 Training builds ``qat_model`` into its step (``config.train.qat``); ``export.qat_convert`` turns
-the trained model into the int8 file. The fake quantization follows TFLite's int8 scheme: per-channel symmetric int8 weights,
-per-tensor asymmetric int8 activations with min/max ranges kept in the ``quant_stats`` collection,
-BatchNorm fused into the preceding convolution, ReLU6 fused, the model input fixed to [-1, 1].
+the trained model into the int8 file. Usage::
 
-Usage::
-
-    qmodel = qat.qat_model(model)                           # same apply() signature as the model
+    qmodel = qat.qat_model(model, scheme="asymmetric")     # same apply() signature as the model
+    variables = qat.fold_batch_norms(model, variables)      # train.qat_fold_bn (the default)
     quant_stats = qat.calibrate(qmodel, variables, images)  # images [B, H, W, 3] in [-1, 1]
-    # training: qmodel.apply({..., 'quant_stats': qs}, x, train=True,
+    # training: qmodel.apply({..., 'quant_stats': qs}, x, train=False,   # BN frozen when folded
     #                        mutable=['batch_stats', 'quant_stats'])
     # export: qat_convert.convert(model, variables, quant_stats, (H, W))  # uint8 in, uint8 out
+
+**What the fake-quant model computes, and what the int8 file computes** (the two are meant to be
+one computation; the export report's parity and COCO rows compare them):
+
+- *Quantization points*: qwix's ODML provider fake-quantizes the input of every conv and
+  residual ADD (and of the MUL, hard-swish and sigmoid of MobileDet-CPU's activations and SE
+  blocks) and the two model outputs, with per-tensor ranges (``quant_stats``: MobileDet-EdgeTPU
+  has 245 conv inputs, 45 adds, 2 outputs). A conv's BatchNorm and ReLU6 sit between two points,
+  as in the fused TFLite CONV_2D (one output quantization after bias and activation); the head
+  convs' reshapes and concatenation carry the output's range, as the converter gives them.
+  ``sigmoid`` has TFLite LOGISTIC's fixed output range [0, 255/256].
+- *BatchNorm*: with ``train.qat_fold_bn`` the BN is folded into the kernel before QAT
+  (``fold_batch_norms``: the starting model's moving statistics) and frozen, so the fake
+  quantization sees the folded kernel the file holds; the file's int32 bias is the folded shift
+  rounded to ``s_in * s_w`` (a fraction of an output step). TF's QAT first trains folded weights
+  on batch statistics and freezes them after a delay: not built here (fine-tuning a converged
+  float model, we freeze from the start).
+- *Weights*: symmetric int8 with TFLite's grid, scale ``absmax / 127`` and values in [-127, 127]
+  (``WEIGHT_CALIBRATION``; qwix's own grid, ``absmax / 127.5``, reaches -128, which the converter
+  clamps); per output channel in the ``asymmetric`` scheme, one scale per tensor in
+  ``symmetric`` (which needs the folded kernel: a per-tensor scale does not commute with BN).
+- *Activations*: ``asymmetric``: min/max ranges (a zero point per tensor), the file's; in
+  ``symmetric``: abs-max ranges, zero point 0. A range is the mean over calibration images and
+  training steps of each image's min/max (qwix's moving average), not their global extremes.
+- *Rounding*: qwix rounds half to even, TFLite's requantization rounds half away from zero in
+  fixed point: values exactly between two steps may land one step apart.
+- *Input*: the file takes uint8 pixels at scale 2/255, zero point 128, i.e. ``(p - 128) * 2/255``
+  (``file_input``), half a step below ``preprocess(p)`` (an integer zero point cannot hold
+  -1 + k * 2/255); the fake-quant model is compared with the file on ``file_input(p)``.
+- *Post-processing*: the file's outputs are int8, dequantized at the interface (uint8); our
+  post-processing (or the TFLite NMS op, which dequantizes its inputs) runs on those floats.
 
 What makes MobileDet go through (qwix 0.1.8, litert-converter 0.5.0):
 
 1. our convolutions call ``lax.conv_general_dilated`` with string dimension numbers, which qwix's
    conv handler does not parse: ``_Conv`` normalizes them first;
 2. ``jax.nn.hard_swish`` (MobileDet-CPU) is registered as one quantized op, so the converter emits
-   one int8 HARD_SWISH instead of a float island (docs/reference/export_findings.md, fix 1);
+   one int8 HARD_SWISH instead of a float island (docs/reference/export_findings.md, fix 1; the
+   export then rewrites it for XNNPACK, ``export.int8_kernels``);
 3. ``jax.nn.sigmoid`` (SE gates) is registered with TFLite LOGISTIC's fixed output range
    [0, 255/256] (fix 3). The ``scores`` head's sigmoid comes after the model (outside qwix's
    interception), so ``convert`` appends it to the int8 logits as an int8 LOGISTIC in the
    flatbuffer. Fix 2 (array constants) needs no code here: MobileDet uses ``jax.nn.relu6`` /
    ``jax.nn.hard_swish`` and no Python-scalar arithmetic inside the network.
-
-Per-channel symmetric weight quantization commutes with BatchNorm's per-channel scale, so fake-
-quantizing the unfolded kernel gives the folded kernel's int8 grid (up to the BN shift, which folds
-into the int32 bias). In training mode BN uses batch statistics, as TF's QAT before its BN freeze.
 
 Parameters must be ``jax.Array``s (``numpy`` arrays lose qwix's weight tags on ``astype``, which
 would leave the convolutions float): ``_as_jax`` converts them. Anything that still stays float is
@@ -61,10 +86,22 @@ INPUT_RANGE = (-1.0, 1.0)  # the model input: preprocess() output
 # activations (abs-max ranges) and one weight scale per tensor, as the DSP / NNAPI delegates that
 # require symmetric int8 take it. TFLite's fixed-range ops keep their ranges (LOGISTIC: [0, 1)).
 SCHEMES = ("asymmetric", "symmetric")
+# TFLite's int8 weights: scale abs-max / 127, values in [-127, 127]. qwix's abs-max scale is
+# abs-max / 127.5 (its bound for int8), whose -128 the converter clamps to -127: widening qwix's
+# range by 127.5 / 127 gives TFLite's grid exactly, so fake-quant and file weights are equal.
+WEIGHT_CALIBRATION = f"absmax,{127.5 / 127.0!r}"
 
 
 class QatError(RuntimeError):
     """QAT was requested but a layer would not be quantized."""
+
+
+def file_input(pixels):
+    """The model input an int8 file's uint8 pixels stand for: ``(p - 128) * 2/255``. The file's
+    input scale is 2/255 with an integer zero point (128), so pixel 0 is -1.0039 and 255 is
+    0.9961, not ``preprocess``'s -1 and 1: half a step apart, which the fake quantization of
+    ``preprocess(p)`` would round either way. Compare a file with its fake-quant model on this."""
+    return (jnp.asarray(pixels).astype(jnp.float32) - 128.0) * (2.0 / 255.0)
 
 
 def check_scheme(scheme: str) -> None:
@@ -81,6 +118,7 @@ def rules(module_path: str = ".*", scheme: str = "asymmetric") -> list:
             weight_qtype="int8",
             act_qtype="int8",
             act_calibration_method=act,
+            weight_calibration_method=WEIGHT_CALIBRATION,
         )
     ]
 

@@ -88,6 +88,16 @@ def detection_objective(
     return total, metrics
 
 
+def _without_bn_scale(grads):
+    """``grads`` with the BatchNorm ``scale`` gradients zeroed (QAT on BN-folded kernels)."""
+
+    def zero(path, g):
+        keys = [str(getattr(k, "key", k)) for k in path]
+        return jnp.zeros_like(g) if keys[-2:] == ["BatchNorm", "scale"] else g
+
+    return jax.tree_util.tree_map_with_path(zero, grads)
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -124,6 +134,8 @@ def make_train_step(
             loss_s,
             bn_train,
         )
+        if not bn_train:  # folded BN: its scale stays 1 (the file's folded kernel holds it)
+            grads = _without_bn_scale(grads)
         param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, param_updates)
         metrics["grad_norm"] = optax.global_norm(grads)
