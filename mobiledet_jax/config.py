@@ -105,7 +105,7 @@ def train_config(schedule: str = "long") -> ml_collections.ConfigDict:
     # QAT: fold BatchNorm into the conv kernels at the start (the starting model's moving
     # statistics, models.qat.fold_batch_norms) and keep it frozen, so the fake quantization sees
     # the folded kernels the int8 file holds (needed for per-tensor weights, int8_scheme
-    # "symmetric"). False: BN trains on batch statistics, unfolded, as before.
+    # "symmetric", where BN's scale stays 1 too). False: BN trains on batch statistics, unfolded.
     t.qat_fold_bn = True
     return t
 

@@ -190,9 +190,8 @@ def _prepare_locked(config, workdir: epath.Path, lock) -> _Run:
     if resume:
         state = ckpt.restore(state, train_iter)
         logging.info("resumed from checkpoint step %d", int(state.step))
-    step_fn = make_train_step(
-        train_model, optimizer, anchors, config.model.num_classes, tcfg, mesh, config.detection
-    )
+    step_fn = make_train_step(train_model, optimizer, anchors, config.model.num_classes, tcfg,
+                              mesh, config.detection, config.model.int8_scheme)  # fmt: skip
     evaluator = None
     if config.eval.max_batches != 0:  # built once: every evaluation reuses iterator and program
         evaluator = Evaluator(config, mesh, model=train_model)
