@@ -179,7 +179,8 @@ def coco_comparison(
 
 
 def _convert_body(model, variables, size, fmt: str, head: str, opts, rep_pixels, scheme):
-    """The converted network (before post-processing and metadata) and the seconds it took;
+    """The converted network (before post-processing and metadata), the seconds it took and the
+    variables it holds (int8 through ``qat_convert``: the conv biases snapped to its grid);
     int8 of a QAT checkpoint (one with ``quant_stats``) through ``qat_convert`` with its trained
     ranges; int8 in the symmetric ``scheme`` through the same path with ranges calibrated on
     ``rep_pixels`` (``symmetric_ptq_stats``); else ``convert`` (int8: TFLiteConverter's
@@ -194,14 +195,15 @@ def _convert_body(model, variables, size, fmt: str, head: str, opts, rep_pixels,
     if quant_stats:
         from mobiledet_jax.export import qat_convert
 
-        body = qat_convert.convert(model, variables, quant_stats, size, head,
-                                   opts.int8_hard_swish, opts.int8_global_pool,
-                                   scheme)  # fmt: skip
+        body, variables = qat_convert.convert_snapped(
+            model, {**variables, "quant_stats": quant_stats}, quant_stats, size, head,
+            opts.int8_hard_swish, opts.int8_global_pool, scheme,
+        )  # fmt: skip
     else:
         body = convert.convert(model, variables, size, fmt, head, rep_pixels, opts.float_input,
                                opts.saved_model_dir, opts.int8_hard_swish,
                                opts.int8_global_pool)  # fmt: skip
-    return body, time.time() - t0
+    return body, time.time() - t0, variables
 
 
 def symmetric_ptq_stats(model, variables, pixels) -> dict:
@@ -305,8 +307,10 @@ def export_model(
                          workdir_names)  # fmt: skip
     t1 = time.time()
     stages.update(1, f"{fmt}: converting (jax2tf -> SavedModel -> TFLite)", line=True)
-    body, convert_s = _convert_body(model, variables, size, fmt, head, opts, got.calibration,
-                                    scheme)  # fmt: skip
+    body, convert_s, converted = _convert_body(model, variables, size, fmt, head, opts,
+                                               got.calibration, scheme)  # fmt: skip
+    if quantization == "qat":  # the fake-quant reference holds the file's (snapped) biases
+        variables = converted
     fused = convert.check_fused(body, convert.count_convs(variables))
     stages.update(2, f"parity against JAX on {len(got.parity_pixels)} images", line=True)
     ref_model, ref_vars, normalize, reference = reference_model(model, variables, quantization,

@@ -126,3 +126,31 @@ def test_fold_batch_norms_keeps_the_function(setup):
     a, b = (model.apply(v, x, train=False) for v in (variables, folded))
     for name in ("box_encodings", "class_logits"):
         np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), atol=2e-5)
+
+
+@pytest.mark.slow
+def test_snapped_biases_are_the_files_biases(setup):
+    """convert_snapped: the second file's int32 biases are exactly the snapped variables' biases,
+    which moved by at most half a bias step from the trained ones."""
+    model, variables, pixels = setup
+    folded = qat.fold_batch_norms(model, variables)
+    qmodel = qat.qat_model(model)
+    stats = qat.calibrate(qmodel, folded, preprocess(jnp.asarray(pixels)))
+    tflite, snapped = qat_convert.convert_snapped(model, {**folded, "quant_stats": stats}, stats,
+                                                  SIZE)  # fmt: skip
+    model_t = flatbuffer.read(tflite)
+    sg = model_t.subgraphs[0]
+    checked = 0
+    for op in flatbuffer.list_ops(tflite):
+        if op.name != "CONV_2D" or "backbone/Conv/" not in op.inputs[1].name + "/":
+            continue
+        bias_t = sg.tensors[op.inputs[2].index]
+        q = np.frombuffer(bytes(model_t.buffers[bias_t.buffer].data), np.int32)
+        file_bias = q * np.asarray(bias_t.quantization.scale, np.float64)
+        want = np.asarray(snapped["params"]["backbone"]["Conv"]["BatchNorm"]["bias"], np.float64)
+        before = np.asarray(folded["params"]["backbone"]["Conv"]["BatchNorm"]["bias"], np.float64)
+        step = np.asarray(bias_t.quantization.scale, np.float64)
+        np.testing.assert_allclose(file_bias, want, rtol=1e-6, atol=1e-9)
+        assert np.all(np.abs(want - before) <= 0.5 * step * (1 + 1e-5))
+        checked += 1
+    assert checked == 1
