@@ -253,15 +253,26 @@ def _dsp_reason(op: flatbuffer.OpInfo) -> str | tuple[str, str]:
     return ""
 
 
-def symmetric_reason(op: flatbuffer.OpInfo) -> tuple[str, str]:
-    """``("", "")`` if the op's int8 tensors are symmetric (module docstring), else the reason."""
+def _fixed_range_tensors(ops: list[flatbuffer.OpInfo]) -> set[int]:
+    """Tensors holding TFLite's fixed LOGISTIC / SOFTMAX output quantization: those ops' outputs
+    and what QUANTIZE / RESHAPE carry of them (e.g. to the uint8 output)."""
+    fixed: set[int] = set()
+    for op in ops:
+        carried = op.name in ("QUANTIZE", "RESHAPE") and op.inputs and op.inputs[0].index in fixed
+        if op.name in _FIXED_OUTPUT_RANGE or carried:
+            fixed |= {t.index for t in op.outputs}
+    return fixed
+
+
+def symmetric_reason(op: flatbuffer.OpInfo, fixed: set[int] = frozenset()) -> tuple[str, str]:
+    """``("", "")`` if the op's int8 tensors are symmetric (module docstring), else the reason;
+    ``fixed``: tensors exempt as TFLite's fixed-range outputs (``_fixed_range_tensors``)."""
     if op.name in _WEIGHTED and len(op.inputs) > 1 and op.inputs[1] is not None:
         w = op.inputs[1]
         if w.num_scales > 1:
             return "per-channel weights, not per-tensor", w.name
-    for i, t in enumerate(_tensors(op)):
-        is_output = i >= len([x for x in op.inputs if x is not None])
-        if t.is_constant or (is_output and op.name in _FIXED_OUTPUT_RANGE):
+    for t in _tensors(op):
+        if t.is_constant or t.index in fixed:
             continue
         zero = {"INT8": 0, "UINT8": 128}.get(t.dtype)
         if zero is not None and t.zero_points and any(z != zero for z in t.zero_points):
@@ -281,13 +292,14 @@ def check(
         raise ValueError(f"{len(model.subgraphs)} subgraphs; the EdgeTPU and DSP need exactly one")
     ops = flatbuffer.list_ops(model)
     post = _postprocess_ops(ops)
+    fixed = _fixed_range_tensors(ops) if require_symmetric else set()
     checks = []
     for op in ops:
         reason, detail = (
             check_edgetpu_op(op, runtime_version) if target == "edgetpu" else check_dsp_op(op)
         )
         if not reason and require_symmetric and op.index not in post:
-            reason, detail = symmetric_reason(op)
+            reason, detail = symmetric_reason(op, fixed)
         checks.append(
             OpCheck(op.index, op.name, op.version, op.index in post, not reason, reason, detail)
         )
