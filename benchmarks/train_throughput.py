@@ -45,7 +45,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from mobiledet_jax import sharding as sharding_lib  # noqa: E402
 from mobiledet_jax.config import base_config  # noqa: E402
 from mobiledet_jax.models import input_size  # noqa: E402
-from mobiledet_jax.models.layers import DEPTHWISE_FORMS  # noqa: E402
+from mobiledet_jax.models.layers import CONV_FORMS  # noqa: E402
 from mobiledet_jax.training import state as state_lib  # noqa: E402
 from mobiledet_jax.training import step as step_lib  # noqa: E402
 
@@ -103,7 +103,7 @@ def bench_model(name: str, args, mesh) -> dict:
     config.model.width_multiplier = args.width_multiplier
     batch_size = args.batch_size * mesh.devices.size
     config.train.batch_size = batch_size
-    model, optimizer, step = step_lib.train_step_for_config(config, mesh, args.depthwise_form)
+    model, optimizer, step = step_lib.train_step_for_config(config, mesh, args.conv_form)
     size = input_size(config.model)
     state = state_lib.create_train_state(model, optimizer, size, jax.random.key(0), mesh)
     batch = synthetic_batch(config, batch_size, sharding_lib.batch_sharding(mesh))
@@ -129,7 +129,7 @@ def bench_model(name: str, args, mesh) -> dict:
         "image_size": list(size),
         "width_multiplier": args.width_multiplier,
         "dtype": args.dtype,
-        "depthwise_form": args.depthwise_form,
+        "conv_form": args.conv_form,
         "devices": int(devices),
         "global_batch": batch_size,
         "compile_s": compile_s,
@@ -170,10 +170,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")
     p.add_argument(
-        "--depthwise_form",
-        choices=DEPTHWISE_FORMS,
+        "--conv_form",
+        "--depthwise_form",  # its earlier name, kept working
+        dest="conv_form",
+        choices=CONV_FORMS,
         default="auto",
-        help="how depthwise convs compute (auto: by backend; conv: the XLA convolution everywhere)",
+        help="how convs compute (auto: by backend; conv: XLA's convolution everywhere; "
+        "shifted: the CPU forms everywhere)",
     )
     p.add_argument("--matmul_size", type=int, default=0, help="n of the matmul (0: by platform)")
     p.add_argument("--json", default="", help="also write all results to this JSON file")

@@ -119,7 +119,7 @@ class Backbone(nn.Module):
     spec: specs.BackboneSpec
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
+    conv_form: str = "auto"  # layers.CONV_FORMS
     bn_one_pass_min_pixels: int = 0  # layers.NormConfig.one_pass_min_pixels
 
     @nn.compact
@@ -134,9 +134,13 @@ class Backbone(nn.Module):
         kernel_init = truncated_normal(spec.init_stddev) if spec.init_stddev > 0 else he_normal
         for b in resolve_blocks(spec, self.width_multiplier, x.shape[-1]):
             row = b.spec
-            common = dict(norm=norm, kernel_init=kernel_init, dtype=self.dtype, name=b.name)
-            if row.block != specs.CONV:
-                common["depthwise_form"] = self.depthwise_form
+            common = dict(
+                norm=norm,
+                kernel_init=kernel_init,
+                dtype=self.dtype,
+                conv_form=self.conv_form,
+                name=b.name,
+            )
             if row.block == specs.CONV:
                 x = ConvBN(b.out, row.kernel, row.stride, activation=b.activation, **common)(
                     x, train

@@ -62,12 +62,17 @@ class InvertedBottleneck(nn.Module):
     norm: NormConfig = BACKBONE_NORM
     kernel_init: Initializer = he_normal  # every conv kernel of the block, SE included
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
+    conv_form: str = "auto"  # layers.CONV_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
         expand_name, dw_name, se_name, project_name = INNER_NAMES[self.naming][self.kind]
-        common = dict(norm=self.norm, kernel_init=self.kernel_init, dtype=self.dtype)
+        common = dict(
+            norm=self.norm,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            conv_form=self.conv_form,
+        )
         h = x
         if self.kind == "ibn":
             h = ConvBN(self.inner, 1, activation=self.activation, name=expand_name, **common)(
@@ -90,7 +95,6 @@ class InvertedBottleneck(nn.Module):
                 self.stride,
                 depthwise=True,
                 activation=self.activation,
-                depthwise_form=self.depthwise_form,
                 name=dw_name,
                 **common,
             )(h, train)
@@ -100,6 +104,7 @@ class InvertedBottleneck(nn.Module):
                 activation=self.se_activation,
                 gate=self.se_gate,
                 kernel_init=self.kernel_init,
+                conv_form=self.conv_form,
                 name=se_name,
             )(h)
         h = ConvBN(self.out, 1, activation="linear", name=project_name, **common)(h, train)
@@ -123,11 +128,16 @@ class Tucker(nn.Module):
     norm: NormConfig = BACKBONE_NORM
     kernel_init: Initializer = he_normal
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # unused: a Tucker block has no depthwise conv
+    conv_form: str = "auto"  # layers.CONV_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
-        common = dict(norm=self.norm, kernel_init=self.kernel_init, dtype=self.dtype)
+        common = dict(
+            norm=self.norm,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            conv_form=self.conv_form,
+        )
         h = ConvBN(self.rank_in, 1, activation=self.activation, name="Conv", **common)(x, train)
         expansion_output = h
         h = ConvBN(

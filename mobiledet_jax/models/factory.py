@@ -87,8 +87,8 @@ def as_convolutions(model):
     fake-quantizes. The same parameters and outputs. Modules held in fields (a detector wrapped
     in another module) are pinned too; a module with nothing to pin is returned as is."""
     changes = {}
-    if getattr(model, "depthwise_form", "conv") != "conv":
-        changes["depthwise_form"] = "conv"
+    if getattr(model, "conv_form", "conv") != "conv":
+        changes["conv_form"] = "conv"
     for field in dataclasses.fields(model):
         value = getattr(model, field.name, None)
         if field.name not in ("parent", "name") and isinstance(value, nn.Module):

@@ -9,13 +9,18 @@ names so a checkpoint maps one to one: a conv scope holds ``kernel`` (TF ``weigh
 Kernel layouts: regular convs are HWIO ``[kh, kw, in, out]`` like TF; depthwise convs are
 ``[kh, kw, 1, C]`` (TF stores ``[kh, kw, C, 1]``).
 
-Depthwise convs compute in one of ``DEPTHWISE_FORMS`` (``depthwise_conv``): by default the form is
-chosen by the backend the program compiles for (per-channel multiply-adds over shifted views on
-CPU, where XLA's grouped convolutions are slow; the convolution on TPU and GPU). Both forms compute
-the same sum; export and QAT pin ``"conv"``.
+Convolutions compute in one of ``CONV_FORMS`` (``depthwise_conv``, ``regular_conv``): by default
+the form is chosen by the backend the program compiles for. On TPU and GPU that is the convolution.
+On CPU it is the "shifted" forms, built from strided views of the padded input: a depthwise conv as
+per-channel multiply-adds over them (XLA's grouped convolutions are slow there), a regular conv as
+one matmul over them (im2col; a 1x1 conv is a matmul of its input), because XLA's CPU backend
+computes a convolution's filter gradient as a convolution whose window spans the whole feature
+map, 3-10x slower than the matmul that is its gradient in the shifted form. Both forms compute the
+same sum; export and QAT pin ``"conv"`` (``models.as_convolutions``).
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -98,7 +103,7 @@ def conv2d(x: Array, kernel: Array, stride: int, groups: int = 1) -> Array:
     )
 
 
-DEPTHWISE_FORMS = ("auto", "conv", "shifted")
+CONV_FORMS = ("auto", "conv", "shifted")  # how convolutions compute (module docstring)
 
 
 def same_pads(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int]]:
@@ -106,6 +111,26 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int]
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return out, (total // 2, total - total // 2)
+
+
+def _strided_views(x: Array, k: int, stride: int) -> tuple[list[Array], int, int]:
+    """The k*k strided views of ``x`` padded TF-"SAME": view (i, j) holds, at every output
+    position, the input pixel that the kernel tap (i, j) multiplies."""
+    n, h, w, c = x.shape
+    oh, pad_h = same_pads(h, k, stride)
+    ow, pad_w = same_pads(w, k, stride)
+    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    views = [
+        lax.slice(
+            xp,
+            (0, i, j, 0),
+            (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
+            (1, stride, stride, 1),
+        )
+        for i in range(k)
+        for j in range(k)
+    ]
+    return views, oh, ow
 
 
 def depthwise_shifted(x: Array, kernel: Array, stride: int) -> Array:
@@ -116,28 +141,58 @@ def depthwise_shifted(x: Array, kernel: Array, stride: int) -> Array:
     gradients run 5-30x slower than this on a CPU; ``benchmarks/train_step_vs_tf.py``).
     Accumulates in float32 whatever the compute dtype, like the convolution.
     """
-    n, h, w, c = x.shape
+    c = x.shape[-1]
     k = kernel.shape[0]
-    oh, pad_h = same_pads(h, k, stride)
-    ow, pad_w = same_pads(w, k, stride)
-    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    weights = kernel.reshape(k, k, c).astype(jnp.float32)
+    views, _, _ = _strided_views(x, k, stride)
+    weights = kernel.reshape(k * k, c).astype(jnp.float32)
     out = None
-    for i in range(k):
-        for j in range(k):
-            view = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
-                (1, stride, stride, 1),
-            )
-            term = view.astype(jnp.float32) * weights[i, j]
-            out = term if out is None else out + term
+    for tap, view in enumerate(views):
+        term = view.astype(jnp.float32) * weights[tap]
+        out = term if out is None else out + term
     return out.astype(x.dtype)
 
 
+def conv_shifted(x: Array, kernel: Array, stride: int) -> Array:
+    """Regular k x k conv (``kernel [k, k, in, out]``) as one matmul over the concatenated strided
+    views (im2col): the same sum as ``conv2d`` (TF "SAME" pads), whose gradients are a matmul (the
+    filter's) and a matmul plus the views' transposes (the input's), both fast on XLA's CPU
+    backend. A 1x1 stride-1 conv is the matmul of its input. Accumulates in float32 like the
+    convolution; holds k*k copies of the input for the backward pass (CPU memory, not TPU HBM)."""
+    k, _, cin, cout = kernel.shape
+    if k == 1 and stride == 1:
+        patches = x
+    else:
+        views, _, _ = _strided_views(x, k, stride)
+        patches = jnp.concatenate(views, axis=-1)  # channel index = tap * cin + c, as kernel
+    return lax.dot_general(
+        patches,
+        kernel.reshape(k * k * cin, cout).astype(x.dtype),
+        (((3,), (0,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    ).astype(x.dtype)
+
+
+def _check_form(form: str) -> None:
+    if form not in CONV_FORMS:
+        raise ValueError(f"conv form must be one of {CONV_FORMS}, got {form!r}")
+
+
+def regular_conv(x: Array, kernel: Array, stride: int, form: str = "auto") -> Array:
+    """Regular conv (``kernel [k, k, in, out]``) in one of ``CONV_FORMS``: ``"conv"`` is
+    ``conv2d``, ``"shifted"`` is ``conv_shifted``, ``"auto"`` the shifted form on CPU and the
+    convolution elsewhere, chosen by the backend the program is compiled for."""
+    _check_form(form)
+    conv = lambda x, kernel: conv2d(x, kernel, stride)
+    shifted = lambda x, kernel: conv_shifted(x, kernel, stride)
+    if form == "conv":
+        return conv(x, kernel)
+    if form == "shifted":
+        return shifted(x, kernel)
+    return lax.platform_dependent(x, kernel, cpu=shifted, default=conv)
+
+
 def depthwise_conv(x: Array, kernel: Array, stride: int, form: str = "auto") -> Array:
-    """Depthwise conv (``kernel [k, k, 1, C]``) in one of ``DEPTHWISE_FORMS``.
+    """Depthwise conv (``kernel [k, k, 1, C]``) in one of ``CONV_FORMS``.
 
     ``"conv"``: ``lax.conv_general_dilated`` with ``feature_group_count=C`` (what TPUs and GPUs
     run best, what jax2tf turns into one DEPTHWISE_CONV_2D and what qwix fake-quantizes);
@@ -145,8 +200,7 @@ def depthwise_conv(x: Array, kernel: Array, stride: int, form: str = "auto") -> 
     compiled for (``lax.platform_dependent``): shifted on CPU, the convolution elsewhere, so an
     AOT compile for a TPU on a CPU host still gets the convolution.
     """
-    if form not in DEPTHWISE_FORMS:
-        raise ValueError(f"depthwise form must be one of {DEPTHWISE_FORMS}, got {form!r}")
+    _check_form(form)
     groups = x.shape[-1]
     conv = lambda x, kernel: conv2d(x, kernel, stride, groups=groups)
     shifted = lambda x, kernel: depthwise_shifted(x, kernel, stride)
@@ -171,7 +225,7 @@ class ConvBN(nn.Module):
     norm: NormConfig = BACKBONE_NORM
     kernel_init: Initializer = he_normal
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # DEPTHWISE_FORMS: how a depthwise conv computes
+    conv_form: str = "auto"  # CONV_FORMS: how the conv computes
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -179,10 +233,10 @@ class ConvBN(nn.Module):
         k = self.kernel_size
         if self.depthwise:
             kernel = self.param("kernel", self.kernel_init, (k, k, 1, cin), jnp.float32)
-            y = depthwise_conv(x, kernel.astype(x.dtype), self.stride, self.depthwise_form)
+            y = depthwise_conv(x, kernel.astype(x.dtype), self.stride, self.conv_form)
         else:
             kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
-            y = conv2d(x, kernel, self.stride)
+            y = regular_conv(x, kernel.astype(x.dtype), self.stride, self.conv_form)
         one_pass = 0 < self.norm.one_pass_min_pixels <= y.shape[1] * y.shape[2]
         y = (OnePassBatchNorm if one_pass else nn.BatchNorm)(
             use_running_average=not train,
@@ -245,6 +299,7 @@ class ConvBias(nn.Module):
     depthwise: bool = False
     kernel_init: Initializer = he_normal
     bias_init: Initializer = nn.initializers.zeros
+    conv_form: str = "auto"  # CONV_FORMS: how the conv computes
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -252,11 +307,11 @@ class ConvBias(nn.Module):
         k = self.kernel_size
         if self.depthwise:
             kernel = self.param("kernel", self.kernel_init, (k, k, 1, cin), jnp.float32)
-            y = conv2d(x, kernel, 1, groups=cin)
+            y = depthwise_conv(x, kernel.astype(x.dtype), 1, self.conv_form)
             width = cin
         else:
             kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
-            y = conv2d(x, kernel, 1)
+            y = regular_conv(x, kernel.astype(x.dtype), 1, self.conv_form)
             width = self.features
         bias = self.param("bias", self.bias_init, (width,), jnp.float32)
         return y + bias.astype(y.dtype)
@@ -272,14 +327,16 @@ class SqueezeExcite(nn.Module):
     activation: str = "relu6"
     gate: str = "sigmoid"  # or "hard_sigmoid": slim MobileNetV3's relu6(x + 3) * 0.16667
     kernel_init: Initializer = he_normal
+    conv_form: str = "auto"  # CONV_FORMS
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         h, w = x.shape[1], x.shape[2]
         s = nn.avg_pool(x, (h, w), strides=(h, w), padding="VALID")
-        s = ConvBias(self.hidden, 1, kernel_init=self.kernel_init, name="Conv")(s)
+        conv = functools.partial(ConvBias, kernel_init=self.kernel_init, conv_form=self.conv_form)
+        s = conv(self.hidden, 1, name="Conv")(s)
         s = ACTIVATIONS[self.activation](s)
-        s = ConvBias(x.shape[-1], 1, kernel_init=self.kernel_init, name="Conv_1")(s)
+        s = conv(x.shape[-1], 1, name="Conv_1")(s)
         if self.gate == "sigmoid":
             return x * jax.nn.sigmoid(s)
         if self.gate == "hard_sigmoid":

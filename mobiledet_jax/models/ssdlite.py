@@ -57,13 +57,13 @@ class SSDLiteNeck(nn.Module):
     prefix: str = "C5"
     width_multiplier: float = 1.0
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
+    conv_form: str = "auto"  # layers.CONV_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> list[Array]:
         maps = []
         init = truncated_normal(HEAD_STDDEV)
-        common = dict(norm=HEAD_NORM, kernel_init=init, dtype=self.dtype)
+        common = dict(norm=HEAD_NORM, kernel_init=init, dtype=self.dtype, conv_form=self.conv_form)
         for (n1, ndw, n2), depth in zip(
             extra_layer_names(self.prefix, self.width_multiplier), EXTRA_LAYER_DEPTHS, strict=True
         ):
@@ -72,9 +72,7 @@ class SSDLiteNeck(nn.Module):
                 _depth(depth // 2, self.width_multiplier),
             )
             x = ConvBN(half, 1, name=n1, **common)(x, train)
-            x = ConvBN(
-                0, 3, 2, depthwise=True, depthwise_form=self.depthwise_form, name=ndw, **common
-            )(x, train)
+            x = ConvBN(0, 3, 2, depthwise=True, name=ndw, **common)(x, train)
             x = ConvBN(d, 1, name=n2, **common)(x, train)
             maps.append(x)
         return maps
@@ -86,19 +84,27 @@ class BoxPredictor(nn.Module):
     anchors: int
     num_slots: int  # num_classes + 1
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
+    conv_form: str = "auto"  # layers.CONV_FORMS
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
         init = nn.initializers.normal(HEAD_STDDEV)
-        common = dict(
-            norm=HEAD_NORM, kernel_init=init, dtype=self.dtype, depthwise_form=self.depthwise_form
-        )
+        common = dict(norm=HEAD_NORM, kernel_init=init, dtype=self.dtype, conv_form=self.conv_form)
         b = ConvBN(0, 3, depthwise=True, name="BoxEncodingPredictor_depthwise", **common)(x, train)
-        b = ConvBias(self.anchors * 4, kernel_init=init, name="BoxEncodingPredictor")(b)
+        b = ConvBias(
+            self.anchors * 4,
+            kernel_init=init,
+            conv_form=self.conv_form,
+            name="BoxEncodingPredictor",
+        )(b)
         c = ConvBN(0, 3, depthwise=True, name="ClassPredictor_depthwise", **common)(x, train)
         # The use_depthwise ClassPredictor ignores class_prediction_bias_init: its bias starts at 0.
-        c = ConvBias(self.anchors * self.num_slots, kernel_init=init, name="ClassPredictor")(c)
+        c = ConvBias(
+            self.anchors * self.num_slots,
+            kernel_init=init,
+            conv_form=self.conv_form,
+            name="ClassPredictor",
+        )(c)
         batch = x.shape[0]
         return b.reshape(batch, -1, 4), c.reshape(batch, -1, self.num_slots)
 
@@ -109,7 +115,7 @@ class SSDLiteHead(nn.Module):
     num_classes: int
     anchors_per_location: Sequence[int]
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS
+    conv_form: str = "auto"  # layers.CONV_FORMS
 
     @nn.compact
     def __call__(self, maps: Sequence[Array], train: bool = False) -> tuple[Array, Array]:
@@ -121,7 +127,7 @@ class SSDLiteHead(nn.Module):
                 a,
                 self.num_classes + 1,
                 dtype=self.dtype,
-                depthwise_form=self.depthwise_form,
+                conv_form=self.conv_form,
                 name=f"BoxPredictor_{i}",
             )(m, train)
             boxes.append(b)
@@ -139,9 +145,9 @@ class SSDLite(nn.Module):
     # anchor types per location of each map (``detection.anchors.anchors_per_location``); None:
     # the reference anchors'
     anchors_per_location: tuple[int, ...] | None = None
-    # how depthwise convs compute (``layers.DEPTHWISE_FORMS``): the same numbers in every form;
+    # how depthwise convs compute (``layers.CONV_FORMS``): the same numbers in every form;
     # export and QAT use "conv" (one DEPTHWISE_CONV_2D in TFLite, a conv qwix fake-quantizes)
-    depthwise_form: str = "auto"
+    conv_form: str = "auto"
     # backbone BatchNorms over maps of at least this many pixels take their train-mode statistics
     # in one pass (``layers.OnePassBatchNorm``); 0: two passes everywhere (``config.model``)
     bn_one_pass_min_pixels: int = 0
@@ -155,7 +161,7 @@ class SSDLite(nn.Module):
             self.backbone_spec,
             self.width_multiplier,
             self.dtype,
-            self.depthwise_form,
+            self.conv_form,
             self.bn_one_pass_min_pixels,
             name="backbone",
         )(x, train)
@@ -164,13 +170,13 @@ class SSDLite(nn.Module):
             self.backbone_spec.extra_layer_prefix,
             self.width_multiplier,
             self.dtype,
-            self.depthwise_form,
+            self.conv_form,
             name="neck",
         )(endpoints[src2], train)
         maps = [endpoints[src1], endpoints[src2], *extra]
         per_location = self.anchors_per_location or reference_anchors_per_location()
         boxes, logits = SSDLiteHead(
-            self.num_classes, per_location, self.dtype, self.depthwise_form, name="head"
+            self.num_classes, per_location, self.dtype, self.conv_form, name="head"
         )(maps, train)
         return {
             "box_encodings": boxes.astype(jnp.float32),

@@ -158,7 +158,7 @@ def _piece(entry: cost_model.Entry, num_classes: int):
         "Piece", entry.activation, (row,), se_activation=entry.activation if entry.se else "relu6"
     )
     shape = (1, entry.input_hw, entry.input_hw, entry.cin)
-    return Backbone(spec, depthwise_form="conv"), [shape], lambda out: out["out"]
+    return Backbone(spec, conv_form="conv"), [shape], lambda out: out["out"]
 
 
 def _fn_tflite(fn, input_shapes, fmt: str = "float32", representative=None) -> bytes:

@@ -58,9 +58,9 @@ from mobiledet_jax.models.layers import (
     ACTIVATIONS,
     BACKBONE_NORM,
     ConvBias,
-    conv2d,
     depthwise_conv,
     he_normal,
+    regular_conv,
 )
 from mobiledet_jax.models.ssdlite import SSDLiteHead, SSDLiteNeck
 from mobiledet_jax.search.space import SKIP, SearchSpace
@@ -120,17 +120,17 @@ class MaskedConvBN(nn.Module):
     activation: str = "relu6"
     epsilon: float = BACKBONE_NORM.epsilon
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"
+    conv_form: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, mask: Array) -> Array:
         k, cin = self.kernel_size, x.shape[-1]
         if self.depthwise:
             kernel = self.param("kernel", he_normal, (k, k, 1, cin), jnp.float32)
-            y = depthwise_conv(x, kernel.astype(x.dtype), self.stride, self.depthwise_form)
+            y = depthwise_conv(x, kernel.astype(x.dtype), self.stride, self.conv_form)
         else:
             kernel = self.param("kernel", he_normal, (k, k, cin, self.features), jnp.float32)
-            y = conv2d(x, kernel, self.stride)
+            y = regular_conv(x, kernel.astype(x.dtype), self.stride, self.conv_form)
         y = BatchStatNorm(self.epsilon, self.dtype, name="BatchNorm")(y)
         return ACTIVATIONS[self.activation](y) * mask.astype(y.dtype)
 
@@ -161,12 +161,12 @@ class Branch(nn.Module):
     activation: str
     se: bool
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"
+    conv_form: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, masks: dict[str, Array]) -> Array:
         size, act, k, s = dict(self.sizes), self.activation, self.kernel, self.stride
-        conv = functools.partial(MaskedConvBN, dtype=self.dtype, depthwise_form=self.depthwise_form)
+        conv = functools.partial(MaskedConvBN, dtype=self.dtype, conv_form=self.conv_form)
         if self.family == specs.TUCKER:
             h = conv(size["rank_in"], 1, activation=act, name="Conv")(x, masks["rank_in"])
             h = conv(size["inner"], k, s, activation=act, name="Conv_1")(h, masks["inner"])
@@ -191,7 +191,7 @@ class SearchLayer(nn.Module):
     space: SearchSpace
     slot: LayerSlot
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"
+    conv_form: str = "auto"
     conditional: bool = True
 
     @nn.compact
@@ -204,7 +204,7 @@ class SearchLayer(nn.Module):
             sizes = branch_sizes(space, slot, fam)
             branch = Branch(
                 fam, k, slot.stride, sizes, space.activation, space.se and fam != specs.TUCKER,
-                self.dtype, self.depthwise_form, name=f"{fam}_k{k}",
+                self.dtype, self.conv_form, name=f"{fam}_k{k}",
             )  # fmt: skip
             shape = (n, -(-h // slot.stride), -(-w // slot.stride), dict(sizes)["out"])
             if self.is_initializing() or not self.conditional:
@@ -230,7 +230,7 @@ class SupernetBackbone(nn.Module):
 
     space: SearchSpace
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"
+    conv_form: str = "auto"
     conditional: bool = True
 
     @nn.compact
@@ -244,7 +244,7 @@ class SupernetBackbone(nn.Module):
         endpoints = {}
         for slot in p.slots:
             x = SearchLayer(
-                self.space, slot, self.dtype, self.depthwise_form, self.conditional, name=slot.name
+                self.space, slot, self.dtype, self.conv_form, self.conditional, name=slot.name
             )(x, weights)
             if slot.endpoint:
                 endpoints[slot.endpoint] = x  # already zero beyond the active width
@@ -268,7 +268,7 @@ class Supernet(nn.Module):
     num_classes: int = 90
     anchors_per_location: tuple[int, ...] = REFERENCE_ANCHORS
     dtype: Any = jnp.float32
-    depthwise_form: str = "auto"  # layers.DEPTHWISE_FORMS; export uses "conv"
+    conv_form: str = "auto"  # layers.CONV_FORMS; export uses "conv"
     conditional: bool = True  # False: compute every branch and weight them
 
     @nn.compact
@@ -284,12 +284,12 @@ class Supernet(nn.Module):
         weights = jnp.asarray(weights, jnp.float32)
         x = images.astype(self.dtype)
         endpoints = SupernetBackbone(
-            self.space, self.dtype, self.depthwise_form, self.conditional, name="backbone"
+            self.space, self.dtype, self.conv_form, self.conditional, name="backbone"
         )(x, weights)
         src1, src2 = SSD_SOURCES
-        neck = SSDLiteNeck(NECK_PREFIX, 1.0, self.dtype, self.depthwise_form, parent=None)
+        neck = SSDLiteNeck(NECK_PREFIX, 1.0, self.dtype, self.conv_form, parent=None)
         head = SSDLiteHead(
-            self.num_classes, self.anchors_per_location, self.dtype, self.depthwise_form,
+            self.num_classes, self.anchors_per_location, self.dtype, self.conv_form,
             parent=None,
         )  # fmt: skip
         masks = endpoint_masks(self.space, weights)

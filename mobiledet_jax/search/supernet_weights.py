@@ -305,7 +305,7 @@ def active_l2(params: dict, weights: Array, space: SearchSpace) -> Array:
 def standalone_model(
     space: SearchSpace, indices, num_classes: int, anchors_per_location=None, **kwargs
 ) -> SSDLite:
-    """The standalone ``SSDLite`` of an architecture (``kwargs``: e.g. ``depthwise_form``)."""
+    """The standalone ``SSDLite`` of an architecture (``kwargs``: e.g. ``conv_form``)."""
     return SSDLite(
         backbone_spec=decode(space, indices),
         num_classes=num_classes,

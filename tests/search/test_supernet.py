@@ -14,7 +14,7 @@ per architecture (``_run``) for every test that reads it:
 - one standalone ``SSDLite`` per architecture of ``ARCHITECTURES`` (float64, with its L2).
 
 Tiny shapes (34x34: C4 3x3, C5 2x2; batch 2), depthwise convs as convolutions
-(``depthwise_form="conv"``: the same sums as the CPU's shifted form, and XLA compiles the
+(``conv_form="conv"``: the same sums as the CPU's shifted form, and XLA compiles the
 supernet's gradient twice as fast). The programs run a few times compile at LLVM -O0 (``ONCE``):
 these tests check numbers and cache hits, not speed. The equality tests run in float64
 (``jax.enable_x64``): with batch 2 the neck's 1x1 maps normalize over two values, which amplifies
@@ -96,7 +96,7 @@ def _params(name: str) -> dict:
     biases ~ 0.1 (a masked channel's BN output is its bias, so nonzero biases make a missing mask
     visible)."""
     space = SPACES[name]
-    net = sn.Supernet(space, NUM_CLASSES, depthwise_form=FORM)
+    net = sn.Supernet(space, NUM_CLASSES, conv_form=FORM)
     shapes = jax.eval_shape(
         net.init, jax.random.key(0), _images(np.float32), sn.uniform_weights(space)
     )
@@ -136,7 +136,7 @@ def _program(name: str, kind: str):
     space, traces = SPACES[name], []
     dtype = jnp.dtype(KINDS[kind])
     net = sn.Supernet(
-        space, NUM_CLASSES, dtype=dtype, depthwise_form=FORM, conditional=kind != "all_branches"
+        space, NUM_CLASSES, dtype=dtype, conv_form=FORM, conditional=kind != "all_branches"
     )
 
     def forward(p, x, w):
@@ -181,7 +181,7 @@ def _standalone(name: str, arch: tuple) -> dict:
     """The standalone SSDLite's outputs (train mode) and ``l2_regularization``, on the supernet's
     parameters sliced by ``standalone_variables`` (in the same float64 program)."""
     space = SPACES[name]
-    model = sn.standalone_model(space, arch, NUM_CLASSES, dtype=jnp.float64, depthwise_form=FORM)
+    model = sn.standalone_model(space, arch, NUM_CLASSES, dtype=jnp.float64, conv_form=FORM)
 
     def fn(p, x):
         variables = sn.standalone_variables(p, space, arch, NUM_CLASSES)
