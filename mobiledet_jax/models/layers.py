@@ -113,14 +113,19 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int]
     return out, (total // 2, total - total // 2)
 
 
-def _strided_views(x: Array, k: int, stride: int) -> tuple[list[Array], int, int]:
+def _accumulation_dtype(dtype) -> Any:
+    """float32, or the input's own type where it is wider (float64 reference programs)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _strided_views(x: Array, k: int, stride: int) -> list[Array]:
     """The k*k strided views of ``x`` padded TF-"SAME": view (i, j) holds, at every output
     position, the input pixel that the kernel tap (i, j) multiplies."""
     n, h, w, c = x.shape
     oh, pad_h = same_pads(h, k, stride)
     ow, pad_w = same_pads(w, k, stride)
     xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    views = [
+    return [
         lax.slice(
             xp,
             (0, i, j, 0),
@@ -130,7 +135,6 @@ def _strided_views(x: Array, k: int, stride: int) -> tuple[list[Array], int, int
         for i in range(k)
         for j in range(k)
     ]
-    return views, oh, ow
 
 
 def depthwise_shifted(x: Array, kernel: Array, stride: int) -> Array:
@@ -139,15 +143,15 @@ def depthwise_shifted(x: Array, kernel: Array, stride: int) -> Array:
     The same sum as ``conv2d(..., groups=C)`` (TF "SAME" pads), in a form XLA's CPU backend fuses
     into one vectorized loop, forward and backward (its grouped-convolution kernels and their
     gradients run 5-30x slower than this on a CPU; ``benchmarks/train_step_vs_tf.py``).
-    Accumulates in float32 whatever the compute dtype, like the convolution.
+    Accumulates in float32 (float64 for float64 inputs), like the convolution.
     """
     c = x.shape[-1]
     k = kernel.shape[0]
-    views, _, _ = _strided_views(x, k, stride)
-    weights = kernel.reshape(k * k, c).astype(jnp.float32)
+    acc = _accumulation_dtype(x.dtype)
+    weights = kernel.reshape(k * k, c).astype(acc)
     out = None
-    for tap, view in enumerate(views):
-        term = view.astype(jnp.float32) * weights[tap]
+    for tap, view in enumerate(_strided_views(x, k, stride)):
+        term = view.astype(acc) * weights[tap]
         out = term if out is None else out + term
     return out.astype(x.dtype)
 
@@ -156,59 +160,60 @@ def conv_shifted(x: Array, kernel: Array, stride: int) -> Array:
     """Regular k x k conv (``kernel [k, k, in, out]``) as one matmul over the concatenated strided
     views (im2col): the same sum as ``conv2d`` (TF "SAME" pads), whose gradients are a matmul (the
     filter's) and a matmul plus the views' transposes (the input's), both fast on XLA's CPU
-    backend. A 1x1 stride-1 conv is the matmul of its input. Accumulates in float32 like the
-    convolution; holds k*k copies of the input for the backward pass (CPU memory, not TPU HBM)."""
+    backend. A 1x1 stride-1 conv is the matmul of its input. Accumulates in float32 (float64
+    for float64 inputs) like the convolution; holds k*k copies of the input for the backward pass (CPU memory, not TPU HBM)."""
     k, _, cin, cout = kernel.shape
     if k == 1 and stride == 1:
         patches = x
     else:
-        views, _, _ = _strided_views(x, k, stride)
-        patches = jnp.concatenate(views, axis=-1)  # channel index = tap * cin + c, as kernel
+        # channel index tap * cin + c, the order of the reshaped kernel's rows
+        patches = jnp.concatenate(_strided_views(x, k, stride), axis=-1)
     return lax.dot_general(
         patches,
         kernel.reshape(k * k * cin, cout).astype(x.dtype),
         (((3,), (0,)), ((), ())),
-        preferred_element_type=jnp.float32,
+        preferred_element_type=_accumulation_dtype(x.dtype),
     ).astype(x.dtype)
 
 
-def _check_form(form: str) -> None:
+def _in_form(form: str, x: Array, kernel: Array, conv: Callable, shifted: Callable) -> Array:
+    """``conv`` or ``shifted`` of ``(x, kernel)`` as ``form`` says; ``"auto"``: chosen by the backend
+    the program is compiled for (``lax.platform_dependent``): shifted on CPU, the convolution
+    elsewhere, so an AOT compile for a TPU on a CPU host still gets the convolution."""
     if form not in CONV_FORMS:
         raise ValueError(f"conv form must be one of {CONV_FORMS}, got {form!r}")
+    if form == "conv":
+        return conv(x, kernel)
+    if form == "shifted":
+        return shifted(x, kernel)
+    return lax.platform_dependent(x, kernel, cpu=shifted, default=conv)
 
 
 def regular_conv(x: Array, kernel: Array, stride: int, form: str = "auto") -> Array:
     """Regular conv (``kernel [k, k, in, out]``) in one of ``CONV_FORMS``: ``"conv"`` is
-    ``conv2d``, ``"shifted"`` is ``conv_shifted``, ``"auto"`` the shifted form on CPU and the
-    convolution elsewhere, chosen by the backend the program is compiled for."""
-    _check_form(form)
-    conv = lambda x, kernel: conv2d(x, kernel, stride)
-    shifted = lambda x, kernel: conv_shifted(x, kernel, stride)
-    if form == "conv":
-        return conv(x, kernel)
-    if form == "shifted":
-        return shifted(x, kernel)
-    return lax.platform_dependent(x, kernel, cpu=shifted, default=conv)
+    ``conv2d``, ``"shifted"`` is ``conv_shifted``, ``"auto"`` by backend (``_in_form``)."""
+    return _in_form(
+        form,
+        x,
+        kernel,
+        lambda x, kernel: conv2d(x, kernel, stride),
+        lambda x, kernel: conv_shifted(x, kernel, stride),
+    )
 
 
 def depthwise_conv(x: Array, kernel: Array, stride: int, form: str = "auto") -> Array:
-    """Depthwise conv (``kernel [k, k, 1, C]``) in one of ``CONV_FORMS``.
-
-    ``"conv"``: ``lax.conv_general_dilated`` with ``feature_group_count=C`` (what TPUs and GPUs
-    run best, what jax2tf turns into one DEPTHWISE_CONV_2D and what qwix fake-quantizes);
-    ``"shifted"``: ``depthwise_shifted``; ``"auto"``: chosen by the backend the program is
-    compiled for (``lax.platform_dependent``): shifted on CPU, the convolution elsewhere, so an
-    AOT compile for a TPU on a CPU host still gets the convolution.
-    """
-    _check_form(form)
+    """Depthwise conv (``kernel [k, k, 1, C]``) in one of ``CONV_FORMS``: ``"conv"`` is
+    ``lax.conv_general_dilated`` with ``feature_group_count=C`` (what TPUs and GPUs run best, what
+    jax2tf turns into one DEPTHWISE_CONV_2D and what qwix fake-quantizes), ``"shifted"`` is
+    ``depthwise_shifted``, ``"auto"`` by backend (``_in_form``)."""
     groups = x.shape[-1]
-    conv = lambda x, kernel: conv2d(x, kernel, stride, groups=groups)
-    shifted = lambda x, kernel: depthwise_shifted(x, kernel, stride)
-    if form == "conv":
-        return conv(x, kernel)
-    if form == "shifted":
-        return shifted(x, kernel)
-    return lax.platform_dependent(x, kernel, cpu=shifted, default=conv)
+    return _in_form(
+        form,
+        x,
+        kernel,
+        lambda x, kernel: conv2d(x, kernel, stride, groups=groups),
+        lambda x, kernel: depthwise_shifted(x, kernel, stride),
+    )
 
 
 class ConvBN(nn.Module):

@@ -145,8 +145,8 @@ class SSDLite(nn.Module):
     # anchor types per location of each map (``detection.anchors.anchors_per_location``); None:
     # the reference anchors'
     anchors_per_location: tuple[int, ...] | None = None
-    # how depthwise convs compute (``layers.CONV_FORMS``): the same numbers in every form;
-    # export and QAT use "conv" (one DEPTHWISE_CONV_2D in TFLite, a conv qwix fake-quantizes)
+    # how convs compute (``layers.CONV_FORMS``): the same numbers in every form; export and QAT
+    # use "conv" (one CONV_2D / DEPTHWISE_CONV_2D in TFLite, a conv qwix fake-quantizes)
     conv_form: str = "auto"
     # backbone BatchNorms over maps of at least this many pixels take their train-mode statistics
     # in one pass (``layers.OnePassBatchNorm``); 0: two passes everywhere (``config.model``)

@@ -140,14 +140,16 @@ class MaskedSqueezeExcite(nn.Module):
 
     hidden: int
     activation: str
+    conv_form: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, hidden_mask: Array) -> Array:
         h, w = x.shape[1], x.shape[2]
         s = nn.avg_pool(x, (h, w), strides=(h, w), padding="VALID")
-        s = ConvBias(self.hidden, 1, kernel_init=he_normal, name="Conv")(s)
+        conv = functools.partial(ConvBias, kernel_init=he_normal, conv_form=self.conv_form)
+        s = conv(self.hidden, 1, name="Conv")(s)
         s = ACTIVATIONS[self.activation](s) * hidden_mask.astype(s.dtype)
-        s = ConvBias(x.shape[-1], 1, kernel_init=he_normal, name="Conv_1")(s)
+        s = conv(x.shape[-1], 1, name="Conv_1")(s)
         return x * jax.nn.sigmoid(s)
 
 
@@ -181,7 +183,7 @@ class Branch(nn.Module):
             inner = masks["inner" if self.family == specs.IBN else "in"]
             h = conv(0, k, s, depthwise=True, activation=act, name=dw)(h, inner)
         if self.se:
-            h = MaskedSqueezeExcite(size["se"], act, name=se_name)(h, masks["se"])
+            h = MaskedSqueezeExcite(size["se"], act, self.conv_form, name=se_name)(h, masks["se"])
         return conv(size["out"], 1, activation="linear", name=project)(h, masks["out"])
 
 

@@ -21,34 +21,37 @@ class _Wrapper(nn.Module):
         return self.detector(x)
 
 
-def _numpy_depthwise(x, kernel, stride):
-    """Independent oracle: TF "SAME" padding, then the sum over the window, in float64."""
+def _numpy_conv(x, kernel, stride, depthwise=False):
+    """Independent oracle: TF "SAME" padding, then the sum over each window, in float64
+    (``kernel [k, k, 1, C]`` per channel when ``depthwise``, else ``[k, k, in, out]``)."""
     n, h, w, c = x.shape
     k = kernel.shape[0]
     oh, (pt, pb) = layers.same_pads(h, k, stride)
     ow, (pl, pr) = layers.same_pads(w, k, stride)
     xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    out = np.zeros((n, oh, ow, c))
+    out = np.zeros((n, oh, ow, c if depthwise else kernel.shape[-1]))
     for y in range(oh):
         for z in range(ow):
             window = xp[:, y * stride : y * stride + k, z * stride : z * stride + k, :]
-            out[:, y, z, :] = np.einsum("nijc,ijc->nc", window, kernel[:, :, 0, :])
+            if depthwise:
+                out[:, y, z, :] = np.einsum("nijc,ijc->nc", window, kernel[:, :, 0, :])
+            else:
+                out[:, y, z, :] = np.einsum("nijc,ijco->no", window, kernel)
     return out
 
 
-def _numpy_conv(x, kernel, stride):
-    """Independent oracle for a regular conv: TF "SAME" padding, the window sum, in float64."""
-    n, h, w, _ = x.shape
-    k = kernel.shape[0]
-    oh, (pt, pb) = layers.same_pads(h, k, stride)
-    ow, (pl, pr) = layers.same_pads(w, k, stride)
-    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    out = np.zeros((n, oh, ow, kernel.shape[-1]))
-    for y in range(oh):
-        for z in range(ow):
-            window = xp[:, y * stride : y * stride + k, z * stride : z * stride + k, :]
-            out[:, y, z, :] = np.einsum("nijc,ijco->no", window, kernel)
-    return out
+def _check_forms(conv, x, kernel, want, atol):
+    """``conv(x, kernel, form)`` equals ``want`` in every form; gradients of x and the kernel in
+    the shifted and automatic forms equal the convolution form's."""
+    grads = {}
+    for form in layers.CONV_FORMS:
+        f = jax.jit(lambda x, kern, form=form: conv(x, kern, form))
+        np.testing.assert_allclose(f(x, kernel), want, rtol=1e-5, atol=atol)
+        loss = lambda x, kern, f=f: jnp.sum(jnp.sin(f(x, kern)))
+        grads[form] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+    for form in ("shifted", "auto"):
+        for got, ref in zip(grads[form], grads["conv"], strict=True):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=atol)
 
 
 def test_same_pads_match_tensorflow():
@@ -67,16 +70,10 @@ def test_forms_equal_forward_and_gradients(shape, k, stride):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape).astype(np.float32)
     kernel = rng.normal(size=(k, k, 1, shape[-1])).astype(np.float32)
-    want = _numpy_depthwise(x, kernel, stride)
-    grads = {}
-    for form in layers.CONV_FORMS:
-        f = jax.jit(lambda x, kern, form=form: layers.depthwise_conv(x, kern, stride, form))
-        np.testing.assert_allclose(f(x, kernel), want, rtol=1e-5, atol=1e-5)
-        loss = lambda x, kern, f=f: jnp.sum(jnp.sin(f(x, kern)))
-        grads[form] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
-    for form in ("shifted", "auto"):
-        for got, ref in zip(grads[form], grads["conv"], strict=True):
-            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    want = _numpy_conv(x, kernel, stride, depthwise=True)
+    _check_forms(
+        lambda x, kern, form: layers.depthwise_conv(x, kern, stride, form), x, kernel, want, 1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -94,15 +91,9 @@ def test_regular_forms_equal_forward_and_gradients(shape, k, stride, cout):
     x = rng.normal(size=shape).astype(np.float32)
     kernel = rng.normal(size=(k, k, shape[-1], cout)).astype(np.float32)
     want = _numpy_conv(x, kernel, stride)
-    grads = {}
-    for form in layers.CONV_FORMS:
-        f = jax.jit(lambda x, kern, form=form: layers.regular_conv(x, kern, stride, form))
-        np.testing.assert_allclose(f(x, kernel), want, rtol=1e-5, atol=1e-4)
-        loss = lambda x, kern, f=f: jnp.sum(jnp.sin(f(x, kern)))
-        grads[form] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
-    for form in ("shifted", "auto"):
-        for got, ref in zip(grads[form], grads["conv"], strict=True):
-            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    _check_forms(
+        lambda x, kern, form: layers.regular_conv(x, kern, stride, form), x, kernel, want, 1e-4
+    )
 
 
 def test_regular_form_keeps_bfloat16():
