@@ -103,7 +103,8 @@ def bench_model(name: str, args, mesh) -> dict:
     config.model.width_multiplier = args.width_multiplier
     batch_size = args.batch_size * mesh.devices.size
     config.train.batch_size = batch_size
-    model, optimizer, step = step_lib.train_step_for_config(config, mesh, args.conv_form)
+    config.model.conv_form = args.conv_form
+    model, optimizer, step = step_lib.train_step_for_config(config, mesh)
     size = input_size(config.model)
     state = state_lib.create_train_state(model, optimizer, size, jax.random.key(0), mesh)
     batch = synthetic_batch(config, batch_size, sharding_lib.batch_sharding(mesh))

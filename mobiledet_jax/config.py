@@ -56,6 +56,12 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     # their train-mode statistics in one shifted pass that XLA fuses into the conv (fewer HBM
     # bytes on TPU; models.layers.OnePassBatchNorm); 0: two passes everywhere, as TF
     m.bn_one_pass_min_pixels = 0
+    # how convolutions compute (models.layers.CONV_FORMS): "auto" picks by the backend the program
+    # is compiled for: on a CPU, regular convs as a matmul over strided views and depthwise convs
+    # as per-channel multiply-adds (1.6-2.8x faster train steps there,
+    # benchmarks/train_step_vs_tf.py); elsewhere XLA's convolution. "conv" / "shifted" force one;
+    # the same parameters and outputs (export and QAT always use "conv")
+    m.conv_form = "auto"
     # name == "searched": the backbone table as JSON (models.specs.spec_to_json; the "rows" of a
     # search's arch.json, read by configs/searched.py); "" for the published models
     m.arch = ""

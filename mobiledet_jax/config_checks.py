@@ -33,6 +33,7 @@ from mobiledet_jax.config import ConfigError
 
 MIN_INPUT_SIZE = 32  # the input side of the stride-32 C5 map's one cell; smaller is not a detector
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+CONV_FORMS = ("auto", "conv", "shifted")  # models.layers.CONV_FORMS (a test holds them equal)
 EVAL_SPLITS = ("train", "val")
 
 # What a workdir's checkpoints are made of: a rerun must not change these (config.json + meta).
@@ -51,6 +52,7 @@ NOT_HELD = frozenset(
         # how the same parameters are computed: a resumed run may change them
         "model.compute_dtype",
         "model.bn_one_pass_min_pixels",
+        "model.conv_form",
     }
 )
 MAX_LISTED = 6  # differing fields named in the message
@@ -146,6 +148,7 @@ def check_model(config) -> None:
     _int(config, "model.num_classes", 1, "foreground classes")
     _number(config, "model.width_multiplier", 0.0, strict=True)
     _choice(config, "model.compute_dtype", COMPUTE_DTYPES)
+    _choice(config, "model.conv_form", CONV_FORMS)
     for field, value in (("image_height", m.image_height), ("image_width", m.image_width)):
         if value <= 0:
             value, field = m.image_size, "image_size"

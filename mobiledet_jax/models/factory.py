@@ -75,6 +75,7 @@ def build_model(
         width_multiplier=model_config.width_multiplier,
         dtype=COMPUTE_DTYPES[dtype],
         bn_one_pass_min_pixels=model_config.get("bn_one_pass_min_pixels", 0),
+        conv_form=model_config.get("conv_form", "auto"),
         anchors_per_location=anchors_lib.anchors_per_location(
             None if anchor_config is None else anchors_lib.AnchorSettings.from_config(anchor_config)
         ),

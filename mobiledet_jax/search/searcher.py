@@ -155,6 +155,7 @@ class _Search:
             self.space,
             self.num_classes,
             anchors_per_location=tuple(anchors_lib.anchors_per_location(anchor_settings)),
+            conv_form=config.model.conv_form,
         )
         self.cspec = ctl.make_spec(self.space)
         self.ctx = ctl.make_optimizer(t.num_steps, s.controller_lr, s.rl_delay)

@@ -170,11 +170,11 @@ def make_train_step(
     )
 
 
-def train_step_for_config(config: ml_collections.ConfigDict, mesh: Mesh, conv_form: str = "auto"):
+def train_step_for_config(config: ml_collections.ConfigDict, mesh: Mesh):
     """``(model, optimizer, step)`` of ``config``: the float model, its optimizer and the jitted step
-    as the trainer builds them (for tools that compile or time the step: AOT, benchmarks).
-    ``conv_form``: ``models.layers.CONV_FORMS`` (benchmarks compare them)."""
-    model = build_model(config.model, config.detection.anchors).clone(conv_form=conv_form)
+    as the trainer builds them (for tools that compile or time the step: AOT, benchmarks; the
+    convolutions compute as ``config.model.conv_form`` says)."""
+    model = build_model(config.model, config.detection.anchors)
     optimizer = make_optimizer(config.train)
     anchors = anchors_lib.anchors_from_config(config.detection.anchors, *input_size(config.model))
     step = make_train_step(

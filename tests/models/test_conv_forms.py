@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mobiledet_jax import config as config_lib
+from mobiledet_jax import config_checks
 from mobiledet_jax.models import as_convolutions, blocks, build_model, layers
 from mobiledet_jax.models.random_weights import random_variables
 
@@ -171,3 +172,21 @@ def _check_block_gradients(block, x):
     for form in ("shifted", "auto"):
         for got, want in zip(jax.tree.leaves(grads(form)), jax.tree.leaves(ref), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_config_names_the_form():
+    """``config.model.conv_form`` reaches every conv of the built detector; the checks' choices are
+    the layers' forms."""
+    assert config_checks.CONV_FORMS == layers.CONV_FORMS
+    cfg = ml_collections.ConfigDict(config_lib.base_config().model.to_dict())
+    cfg.width_multiplier, cfg.num_classes = 0.35, 3
+    assert cfg.conv_form == "auto"
+    images = jnp.zeros((1, 64, 64, 3), jnp.float32)
+    convolutions = {}
+    for form in layers.CONV_FORMS:
+        cfg.conv_form = form
+        model = build_model(cfg)
+        variables = random_variables(model, images.shape[1:3])
+        lowered = jax.jit(model.apply).trace(variables, images).lower(lowering_platforms=("cpu",))
+        convolutions[form] = lowered.as_text().count("stablehlo.convolution")
+    assert convolutions["auto"] == convolutions["shifted"] == 0 < convolutions["conv"]

@@ -56,6 +56,7 @@ BAD = {
     "warmup as long as the run": ({"train.warmup_steps": 10}, "shorter than the run", 1),
     "unknown model": ({"model.name": "mobiledet_tpu"}, "model.name", 1),
     "zero classes": ({"model.num_classes": 0}, "model.num_classes", 1),
+    "unknown conv form": ({"model.conv_form": "im2col"}, "model.conv_form", 1),
     "unknown source": ({"data.source": "csv"}, "data.source", 1),
     "momentum 1.5": ({"train.momentum": 1.5}, "train.momentum", 1),
     "eval split": ({"eval.split": "test"}, "eval.split", 1),

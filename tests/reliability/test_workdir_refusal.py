@@ -67,6 +67,7 @@ def test_the_same_setting_resumes_and_free_fields_may_change(trained):
     config.eval.batch_size = 16
     config.model.compute_dtype = "bfloat16"  # how the same parameters compute
     config.model.bn_one_pass_min_pixels = 400
+    config.model.conv_form = "conv"
     config_checks.check_workdir(config, str(work))
 
 
