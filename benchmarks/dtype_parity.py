@@ -20,7 +20,6 @@ import argparse
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 
 import numpy as np
@@ -28,43 +27,10 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.quickstart_runs import read_run, train  # noqa: E402
 from mobiledet_jax.visualization.figures import new_figure, save_figure  # noqa: E402
 
 COLORS = {"float32": "tab:blue", "bfloat16": "tab:orange"}
-
-
-def run_one(config: str, workdir: pathlib.Path, seed: int, dtype: str) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "mobiledet_jax.train",
-        f"--config={config}",
-        f"--workdir={workdir}",
-        f"--config.seed={seed}",
-        f"--config.model.compute_dtype={dtype}",
-    ]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
-
-
-def read_run(workdir: pathlib.Path) -> dict:
-    rows = [json.loads(line) for line in (workdir / "train_metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "loss" in r]
-    evals = sorted(workdir.glob("eval_*/metrics.json"), key=lambda p: int(p.parent.name[5:]))
-    if not evals:
-        raise FileNotFoundError(f"{workdir}: no eval_<step>/metrics.json (training not finished?)")
-    final = json.loads(evals[-1].read_text())
-    steps = np.array([r["step"] for r in rows])
-    loss = np.array([r["loss"] for r in rows])
-    half = steps.max() / 2
-    return {
-        "steps": steps.tolist(),
-        "loss": loss.tolist(),
-        "AP": final["metrics"]["AP"],
-        "AP50": final["metrics"]["AP50"],
-        "loss_first_half": float(loss[(steps > 100) & (steps <= half)].mean()),
-        "loss_second_half": float(loss[steps > half].mean()),
-    }
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -136,14 +102,14 @@ def main() -> None:
         for dtype in dtypes:
             workdir = root / f"{dtype}_s{seed}"
             if not args.no_train:
-                run_one(args.config, workdir, seed, dtype)
+                train(args.config, workdir, {"seed": seed, "model.compute_dtype": dtype})
             runs[(dtype, seed)] = read_run(workdir)
     print("\n".join(summarize(runs, dtypes)))
     if args.figure:
         figure(runs, dtypes, args.figure)
         print(f"figure: {args.figure}")
     if args.json:
-        out = {f"{d}_s{s}": {k: v for k, v in r.items()} for (d, s), r in runs.items()}
+        out = {f"{d}_s{s}": r for (d, s), r in runs.items()}
         pathlib.Path(args.json).write_text(json.dumps(out) + "\n")
 
 
