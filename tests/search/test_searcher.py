@@ -103,6 +103,7 @@ def test_the_result_trains_and_exports(searched, shared, tmp_path):
         "--config.train.log_every=1", "--config.eval.max_batches=1", "--config.eval.batch_size=8",
         f"--config.data.cache_dir={shared['data']}", "--config.data.synthetic.num_train=64",
         "--config.data.synthetic.num_val=16", "--config.eval.figures=False",
+        "--config.model.conv_form=conv",  # 5 steps: the faster compile (tests/helpers/train_harness.py)
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "mobiledet_jax.train",
            f"--config={REPO / 'configs' / 'searched.py'}:{straight / 'arch.json'}:quickstart",

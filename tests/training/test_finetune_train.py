@@ -44,6 +44,7 @@ def _config(data, init_from):
     root, train_split, val_split = data
     c = config_lib.base_config("mobiledet_edgetpu")
     c.model.num_classes, c.model.image_size = 3, SIZE
+    c.model.conv_form = "conv"  # a few steps: the faster compile (tests/helpers/train_harness.py)
     t = c.train
     t.num_steps, t.batch_size, t.log_every = STEPS, 8, 1
     t.base_lr, t.warmup_lr, t.warmup_steps = 0.05, 0.01, 5
