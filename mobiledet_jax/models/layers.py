@@ -16,7 +16,9 @@ per-channel multiply-adds over them (XLA's grouped convolutions are slow there),
 one matmul over them (im2col; a 1x1 conv is a matmul of its input), because XLA's CPU backend
 computes a convolution's filter gradient as a convolution whose window spans the whole feature
 map, 3-10x slower than the matmul that is its gradient in the shifted form. Both forms compute the
-same sum; export and QAT pin ``"conv"`` (``models.as_convolutions``).
+same sum; export and QAT pin ``"conv"`` (``models.as_convolutions``). The shifted forms compile
+about twice as slowly (more, smaller HLO ops), so runs of a few steps may prefer ``"conv"``
+(``config.model.conv_form``).
 """
 
 import dataclasses
