@@ -17,7 +17,6 @@ of the batches; the synthetic dataset is the same for every run.
 """
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.quickstart_runs import read_run, train  # noqa: E402
+from benchmarks.quickstart_runs import add_run_flags, read_run, train, write_results  # noqa: E402
 from mobiledet_jax.visualization.figures import new_figure, save_figure  # noqa: E402
 
 COLORS = {"float32": "tab:blue", "bfloat16": "tab:orange"}
@@ -88,11 +87,7 @@ def main() -> None:
     )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--config", default="configs/quickstart.py")
-    p.add_argument("--root", default="runs/dtype_parity")
-    p.add_argument("--figure", default="", help="PNG of the loss curves and final APs")
-    p.add_argument("--json", default="", help="write every run's figures here")
-    p.add_argument("--no_train", action="store_true", help="only read the runs on disk")
+    add_run_flags(p, "runs/dtype_parity", "PNG of the loss curves and final APs")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     dtypes = args.dtypes.split(",")
@@ -105,12 +100,8 @@ def main() -> None:
                 train(args.config, workdir, {"seed": seed, "model.compute_dtype": dtype})
             runs[(dtype, seed)] = read_run(workdir)
     print("\n".join(summarize(runs, dtypes)))
-    if args.figure:
-        figure(runs, dtypes, args.figure)
-        print(f"figure: {args.figure}")
-    if args.json:
-        out = {f"{d}_s{s}": r for (d, s), r in runs.items()}
-        pathlib.Path(args.json).write_text(json.dumps(out) + "\n")
+    named = {f"{d}_s{s}": r for (d, s), r in runs.items()}
+    write_results(named, lambda path: figure(runs, dtypes, path), args.figure, args.json)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ each model before and after the CPU forms of the convolutions (``config.model.co
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.quickstart_runs import read_run, train  # noqa: E402
+from benchmarks.quickstart_runs import add_run_flags, read_run, train, write_results  # noqa: E402
 from mobiledet_jax.visualization.figures import new_figure, save_figure  # noqa: E402
 
 MODELS = "mobiledet_gpu,mobiledet_edgetpu,mobiledet_cpu,mobiledet_dsp"
@@ -67,11 +66,7 @@ def main() -> None:
     p.add_argument("--models", default=MODELS)
     p.add_argument("--conv_forms", default="auto", help="models.layers.CONV_FORMS, comma-separated")
     p.add_argument("--eval_every", type=int, default=200, help="steps between evaluations")
-    p.add_argument("--config", default="configs/quickstart.py")
-    p.add_argument("--root", default="runs/quickstart_models")
-    p.add_argument("--figure", default="", help="PNG of AP against training seconds")
-    p.add_argument("--json", default="", help="write every run's figures here")
-    p.add_argument("--no_train", action="store_true", help="only read the runs on disk")
+    add_run_flags(p, "runs/quickstart_models", "PNG of AP against training seconds")
     args = p.parse_args()
     root = pathlib.Path(args.root).resolve()  # the train subprocess runs in the repository root
     runs = {}
@@ -87,12 +82,8 @@ def main() -> None:
             runs[(model, form)] = {**read_run(workdir), "wall_s": wall}
             print("\n".join(table({(model, form): runs[(model, form)]})[2:]), flush=True)
     print("\n".join(table(runs)))
-    if args.figure:
-        figure(runs, args.figure)
-        print(f"figure: {args.figure}")
-    if args.json:
-        out = {f"{m}_{f}": r for (m, f), r in runs.items()}
-        pathlib.Path(args.json).write_text(json.dumps(out) + "\n")
+    named = {f"{m}_{f}": r for (m, f), r in runs.items()}
+    write_results(named, lambda path: figure(runs, path), args.figure, args.json)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ seconds per step, taken as the median over the logged windows (so that neither t
 window's compile nor the evaluations and checkpoints inside later windows count).
 """
 
+import argparse
 import json
 import pathlib
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -63,3 +65,23 @@ def read_run(workdir: pathlib.Path) -> dict:
         "loss_first_half": float(loss[(steps > 100) & (steps <= half)].mean()),
         "loss_second_half": float(loss[steps > half].mean()),
     }
+
+
+def write_results(
+    named_runs: dict, figure: Callable[[str], None], figure_path: str, json_path: str
+):
+    """``figure(figure_path)`` and ``named_runs`` (run name: its figures) as JSON, where asked."""
+    if figure_path:
+        figure(figure_path)
+        print(f"figure: {figure_path}")
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(named_runs) + "\n")
+
+
+def add_run_flags(p: argparse.ArgumentParser, root: str, figure_help: str) -> None:
+    """The flags every quickstart comparison takes: the config, where runs go, what is written."""
+    p.add_argument("--config", default="configs/quickstart.py")
+    p.add_argument("--root", default=root)
+    p.add_argument("--figure", default="", help=figure_help)
+    p.add_argument("--json", default="", help="write every run's figures here")
+    p.add_argument("--no_train", action="store_true", help="only read the runs on disk")
