@@ -4,7 +4,7 @@
 --workdir=<workdir> --config.<key>=<value> ...`` in the repository root and returns its wall
 seconds (a finished workdir is only re-read: the trainer re-evaluates it; an interrupted one
 resumes). ``read_run(workdir)`` reads its ``train_metrics.jsonl`` and every
-``eval_<step>/metrics.json``: the loss curve, the evaluations (step, AP, AP@0.5) and the training
+``eval_<step>/metrics.json``: the loss curve, every evaluation (step, AP, AP@0.5) and the training
 seconds per step, taken as the median over the logged windows (so that neither the first
 window's compile nor the evaluations and checkpoints inside later windows count).
 """
@@ -44,10 +44,15 @@ def read_run(workdir: pathlib.Path) -> dict:
     evals = sorted(workdir.glob("eval_*/metrics.json"), key=lambda p: int(p.parent.name[5:]))
     if not evals:
         raise FileNotFoundError(f"{workdir}: no eval_<step>/metrics.json (training not finished?)")
-    points = []
+    # every evaluation is logged as eval/* scalars; the final one also has its eval_<step> folder
+    points = [
+        (r["step"], r["eval/AP"], r["eval/AP50"]) for r in map(json.loads, lines) if "eval/AP" in r
+    ]
     for path in evals:
         metrics = json.loads(path.read_text())["metrics"]
-        points.append((int(path.parent.name[5:]), metrics["AP"], metrics["AP50"]))
+        step = int(path.parent.name[5:])
+        points = [p for p in points if p[0] != step] + [(step, metrics["AP"], metrics["AP50"])]
+    points.sort()
     config = json.loads((workdir / "config.json").read_text())
     batch = config["train"]["batch_size"]
     step_s = batch / statistics.median(r["images_per_sec"] for r in rows[1:] or rows)
