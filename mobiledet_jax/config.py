@@ -58,9 +58,9 @@ def model_config(name: str = "mobiledet_edgetpu") -> ml_collections.ConfigDict:
     m.bn_one_pass_min_pixels = 0
     # how convolutions compute (models.layers.CONV_FORMS): "auto" picks by the backend the program
     # is compiled for: on a CPU, regular convs as a matmul over strided views and depthwise convs
-    # as per-channel multiply-adds (1.6-2.8x faster train steps there,
-    # benchmarks/train_step_vs_tf.py); elsewhere XLA's convolution. "conv" / "shifted" force one;
-    # the same parameters and outputs (export and QAT always use "conv")
+    # as per-channel multiply-adds (MobileDet-EdgeTPU's 320x320 train step 2.8x faster on 2 cores,
+    # benchmarks/train_step_vs_tf.py; compiles take about 2x longer); elsewhere XLA's convolution.
+    # "conv" / "shifted" force one; the same parameters and outputs (export and QAT use "conv")
     m.conv_form = "auto"
     # name == "searched": the backbone table as JSON (models.specs.spec_to_json; the "rows" of a
     # search's arch.json, read by configs/searched.py); "" for the published models
