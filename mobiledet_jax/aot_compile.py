@@ -15,6 +15,11 @@ schedule's: 512 long, 1024 short); each device gets ``batch / devices``. Topolog
 chips), v5e/v6e count chips (v5e-256 = 256 chips); v2/v3 expose one JAX device per core, the others
 one per chip. Exit status: 0 fits, 1 does not fit the HBM, 2 bad arguments, libtpu missing or
 another compile error. Library: ``training.aot``.
+
+A search config (``configs/search_<target>.py``, one with a ``search`` block) compiles the search's
+own programs instead, the supernet's train step and its reward pass (``search.compile_check``):
+
+    python -m mobiledet_jax.aot_compile --config=configs/search_edgetpu.py --topology=v4-32
 """
 
 import sys
@@ -24,6 +29,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mobiledet_jax import command_line
+from mobiledet_jax.search import compile_check
 from mobiledet_jax.training import aot
 
 FLAGS = flags.FLAGS
@@ -44,15 +50,16 @@ def main(argv) -> None:
     if len(argv) > 1:
         command_line.fail(f"unexpected arguments: {argv[1:]}")
     jax.config.update("jax_platforms", "cpu")  # the host needs only the CPU; TPUs are abstract
+    lib = compile_check if "search" in FLAGS.config else aot
     try:
-        r = aot.run(FLAGS.config, FLAGS.topology, FLAGS.top_ops)
+        r = lib.run(FLAGS.config, FLAGS.topology, FLAGS.top_ops)
     except MemoryError as e:
         last = str(e)[-3000:].replace("\n", " ")
         command_line.fail(f"DOES NOT FIT {FLAGS.topology}: {last}", command_line.CHECK_FAILED)
     except (ValueError, RuntimeError) as e:
         command_line.fail(str(e).splitlines()[0] if str(e) else repr(e))
     out = sys.stderr if FLAGS.json == "-" else sys.stdout  # --json=- keeps stdout one document
-    print(aot.format_report(r), file=out)
+    print(lib.format_report(r), file=out)
     command_line.write_json(FLAGS.json, r)
     if not r["fits"]:
         command_line.fail(

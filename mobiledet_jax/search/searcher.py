@@ -127,6 +127,94 @@ def _check(config) -> None:
             raise ConfigError(f"config.{name}={b} does not divide over the {devices} devices")
 
 
+def state_initializer(net, space, size, tx, cspec, ctx):
+    """``(k_init, k_run) -> SearchState``: every branch's weights, the optimizer, the controller."""
+    weights = jnp.asarray(supernet_lib.uniform_weights(space))
+    images = jnp.zeros((1, *size, 3), jnp.float32)
+
+    def init(k_init, k_run):
+        params = net.init(k_init, images, weights, train=True)["params"]
+        return SearchState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            controller=ctl.init_state(cspec, ctx),
+            key=k_run,
+        )
+
+    return init
+
+
+def build_programs(config, net, space, anchors, cspec, ctx, tx, mesh) -> tuple:
+    """The search's four jitted programs on ``mesh``: ``sample(state)``, ``train(state, weights,
+    batch)``, ``detect(params, weights, reward_batch)`` and ``learn(state, indices, replaced,
+    reward)`` (the AOT check, ``search.compile_check``, lowers the same ones)."""
+    cfg, t, s = config, config.train, config.search
+    num_classes = config.model.num_classes
+    match_s = matcher.MatcherSettings.from_config(cfg.detection.matcher)
+    loss_s = losses.LossSettings.from_config(cfg.detection.loss)
+    nms = postprocess.NmsSettings.from_config(cfg.detection.nms)
+    lr_schedule = schedules.from_config(t)
+    total = t.num_steps
+    rep, data_sh = replicated(mesh), batch_sharding(mesh)
+
+    def sample(state: SearchState):
+        key = jax.random.fold_in(state.key, state.step)
+        k_sample, k_warm = jax.random.split(key)
+        # raw draws mix the branches (a uniform family row mixes every family's own
+        # choices); the zeroed ones are the architecture that is priced and learned from
+        raw = ctl.sample(k_sample, state.controller.logits, cspec, raw=True)
+        p_ops = ctl.op_warmup_probability(state.step, total, s.op_warmup)
+        p_filters = ctl.filters_warmup_probability(state.step, total, s.filter_warmup)
+        uniform, widest = ctl.warmup_flags(k_warm, p_ops, p_filters, cspec)
+        weights = ctl.mixing_weights(raw, uniform, widest, cspec)
+        warm = {"p_ops": p_ops, "p_filters": p_filters}
+        return ctl.zero_inactive(cspec, raw), uniform | widest, weights, warm
+
+    def train(state: SearchState, weights, batch):
+        def objective(params):
+            out = net.apply({"params": params}, batch["image"], weights, train=True)
+            l2 = t.l2_weight * supernet_lib.active_l2(params, weights, space)
+            return detection_objective(out, batch, anchors, num_classes, l2, match_s, loss_s)
+
+        (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = lr_schedule(state.step)
+        return state.replace(
+            params=optax.apply_updates(state.params, updates), opt_state=opt_state
+        ), metrics
+
+    def detect(params, weights, batch):
+        out = net.apply({"params": params}, batch["image"], weights, train=True)
+        return postprocess.postprocess(out["box_encodings"], out["class_logits"], anchors, nms)
+
+    def learn(state: SearchState, indices, replaced, reward):
+        controller, metrics = ctl.update(
+            state.controller,
+            indices,
+            reward,
+            cspec,
+            ctx,
+            s.entropy_weight,
+            baseline_momentum=s.baseline_momentum,
+            exclude=replaced,
+        )
+        return state.replace(controller=controller, step=state.step + 1), metrics
+
+    return (
+        jax.jit(sample, out_shardings=rep),
+        jax.jit(
+            train,
+            in_shardings=(rep, rep, data_sh),
+            out_shardings=(rep, rep),
+            donate_argnums=(0,),
+        ),
+        jax.jit(detect, in_shardings=(rep, rep, data_sh), out_shardings=rep),
+        jax.jit(learn, out_shardings=(rep, rep), donate_argnums=(0,)),
+    )
+
+
 def _reward_data(config) -> ml_collections.ConfigDict:
     """The reward images as the model sees them at evaluation: no flips, no crops."""
     d = ml_collections.ConfigDict(config.data.to_dict())
@@ -181,19 +269,7 @@ class _Search:
         self._build_programs()
 
     def _init_state(self) -> SearchState:
-        weights = jnp.asarray(supernet_lib.uniform_weights(self.space))
-        images = jnp.zeros((1, *self.size, 3), jnp.float32)
-
-        def init(k_init, k_run):
-            params = self.net.init(k_init, images, weights, train=True)["params"]
-            return SearchState(
-                step=jnp.zeros((), jnp.int32),
-                params=params,
-                opt_state=self.tx.init(params),
-                controller=ctl.init_state(self.cspec, self.ctx),
-                key=k_run,
-            )
-
+        init = state_initializer(self.net, self.space, self.size, self.tx, self.cspec, self.ctx)
         # XLA's RngBitGenerator for the initializers: every branch's initializers compile in 37 s
         # instead of 63 s with threefry (test space, 2 cores); the sampling key stays threefry
         k_init = jax.random.key(self.config.seed, impl="rbg")
@@ -201,65 +277,10 @@ class _Search:
         return jax.jit(init, out_shardings=replicated(self.mesh))(k_init, k_run)
 
     def _build_programs(self) -> None:
-        cfg, t, s = self.config, self.config.train, self.config.search
-        net, space, anchors, num_classes = self.net, self.space, self.anchors, self.num_classes
-        match_s = matcher.MatcherSettings.from_config(cfg.detection.matcher)
-        loss_s = losses.LossSettings.from_config(cfg.detection.loss)
-        nms = postprocess.NmsSettings.from_config(cfg.detection.nms)
-        lr_schedule = schedules.from_config(t)
-        total, cspec, tx = t.num_steps, self.cspec, self.tx
-        rep, data_sh = replicated(self.mesh), batch_sharding(self.mesh)
-
-        def sample(state: SearchState):
-            key = jax.random.fold_in(state.key, state.step)
-            k_sample, k_warm = jax.random.split(key)
-            # raw draws mix the branches (a uniform family row mixes every family's own
-            # choices); the zeroed ones are the architecture that is priced and learned from
-            raw = ctl.sample(k_sample, state.controller.logits, cspec, raw=True)
-            p_ops = ctl.op_warmup_probability(state.step, total, s.op_warmup)
-            p_filters = ctl.filters_warmup_probability(state.step, total, s.filter_warmup)
-            uniform, widest = ctl.warmup_flags(k_warm, p_ops, p_filters, cspec)
-            weights = ctl.mixing_weights(raw, uniform, widest, cspec)
-            warm = {"p_ops": p_ops, "p_filters": p_filters}
-            return ctl.zero_inactive(cspec, raw), uniform | widest, weights, warm
-
-        def train(state: SearchState, weights, batch):
-            def objective(params):
-                out = net.apply({"params": params}, batch["image"], weights, train=True)
-                l2 = t.l2_weight * supernet_lib.active_l2(params, weights, space)
-                return detection_objective(out, batch, anchors, num_classes, l2, match_s, loss_s)
-
-            (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            metrics["grad_norm"] = optax.global_norm(grads)
-            metrics["learning_rate"] = lr_schedule(state.step)
-            return state.replace(
-                params=optax.apply_updates(state.params, updates), opt_state=opt_state
-            ), metrics
-
-        def detect(params, weights, batch):
-            out = net.apply({"params": params}, batch["image"], weights, train=True)
-            return postprocess.postprocess(out["box_encodings"], out["class_logits"], anchors, nms)
-
-        def learn(state: SearchState, indices, replaced, reward):
-            controller, metrics = ctl.update(
-                state.controller,
-                indices,
-                reward,
-                cspec,
-                self.ctx,
-                s.entropy_weight,
-                baseline_momentum=s.baseline_momentum,
-                exclude=replaced,
-            )
-            return state.replace(controller=controller, step=state.step + 1), metrics
-
-        self.sample_fn = jax.jit(sample, out_shardings=rep)
-        self.train_fn = jax.jit(
-            train, in_shardings=(rep, rep, data_sh), out_shardings=(rep, rep), donate_argnums=(0,)
-        )
-        self.detect_fn = jax.jit(detect, in_shardings=(rep, rep, data_sh), out_shardings=rep)
-        self.learn_fn = jax.jit(learn, out_shardings=(rep, rep), donate_argnums=(0,))
+        self.sample_fn, self.train_fn, self.detect_fn, self.learn_fn = build_programs(
+            self.config, self.net, self.space, self.anchors, self.cspec, self.ctx, self.tx,
+            self.mesh,
+        )  # fmt: skip
 
     def programs(self):
         return (self.sample_fn, self.train_fn, self.detect_fn, self.learn_fn)
