@@ -29,7 +29,6 @@ import ml_collections
 from mobiledet_jax import sharding
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.models import input_size
-from mobiledet_jax.models.factory import resolve_compute_dtype
 from mobiledet_jax.search import controller as ctl
 from mobiledet_jax.search import space as space_lib
 from mobiledet_jax.search import supernet as supernet_lib
@@ -91,24 +90,12 @@ def run(config: ml_collections.ConfigDict, topology: str, top_ops: int = 0) -> d
                 f"config.{name}={batch} does not divide over the {tpu.devices} JAX devices of "
                 f"{tpu.topology}; set it to a multiple of {tpu.devices}"
             )
-    devices = aot.topology_devices(tpu)
-    if len(devices) != tpu.devices:
-        raise RuntimeError(f"libtpu gave {len(devices)} devices for {tpu.topology}")
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1}), devices)
-    dtype = resolve_compute_dtype(config.model.compute_dtype, "tpu")
-    if dtype != config.model.compute_dtype:
-        config = config.copy_and_resolve_references()
-        config.model.compute_dtype = dtype
+    mesh, config = aot.slice_mesh(tpu), aot.resolved_for_tpu(config)
     start = time.perf_counter()
     lowered = lower_programs(config, mesh)
     out = {}
     for name in PROGRAMS:
-        try:
-            compiled = lowered[name].compile()
-        except jax.errors.JaxRuntimeError as e:
-            if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
-                raise MemoryError(f"the search's {name} program: {e}") from e
-            raise RuntimeError(f"XLA could not compile the search's {name} program: {e}") from e
+        compiled = aot.compile_lowered(lowered[name], f"the search's {name} program")
         batch = config.train.batch_size if name == "train" else config.search.reward_batch_size
         out[name] = aot.report(compiled, tpu, config, batch, top_ops)
     step_s = sum(out[n]["roofline"]["step_s"] for n in PROGRAMS)

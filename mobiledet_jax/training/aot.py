@@ -240,6 +240,33 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def slice_mesh(tpu: TpuSlice):
+    """The ``data`` mesh over the slice's compile-only devices."""
+    devices = topology_devices(tpu)
+    if len(devices) != tpu.devices:
+        raise RuntimeError(f"libtpu gave {len(devices)} devices for {tpu.topology}")
+    return sharding.make_mesh(ml_collections.ConfigDict({"data": -1}), devices)
+
+
+def resolved_for_tpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with ``compute_dtype="auto"`` resolved for a TPU (the host is a CPU)."""
+    dtype = resolve_compute_dtype(config.model.compute_dtype, "tpu")
+    if dtype != config.model.compute_dtype:
+        config = config.copy_and_resolve_references()
+        config.model.compute_dtype = dtype  # an existing field: allowed on a locked config
+    return config
+
+
+def compile_lowered(lowered, what: str):
+    """``lowered.compile()``; XLA out of memory is a MemoryError, any other failure a RuntimeError."""
+    try:
+        return lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            raise MemoryError(f"{what}: {e}") from e
+        raise RuntimeError(f"XLA could not compile {what}: {e}") from e
+
+
 def run(config: ml_collections.ConfigDict, topology: str, top_ops: int = 0) -> dict:
     """Compiles for the slice ``topology`` (e.g. ``v4-32``); returns the ``report`` (with the
     ``top_ops`` largest ops and modules when > 0).
@@ -253,23 +280,9 @@ def run(config: ml_collections.ConfigDict, topology: str, top_ops: int = 0) -> d
             f"global batch {batch} does not divide over the {tpu.devices} JAX devices of "
             f"{tpu.topology}; set --config.train.batch_size to a multiple of {tpu.devices}"
         )
-    devices = topology_devices(tpu)
-    if len(devices) != tpu.devices:
-        raise RuntimeError(f"libtpu gave {len(devices)} devices for {tpu.topology}")
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1}), devices)
-    # the host is a CPU, the program a TPU's: "auto" resolves for the TPU
-    dtype = resolve_compute_dtype(config.model.compute_dtype, "tpu")
-    if dtype != config.model.compute_dtype:
-        config = config.copy_and_resolve_references()
-        config.model.compute_dtype = dtype  # an existing field: allowed on a locked config
+    mesh, config = slice_mesh(tpu), resolved_for_tpu(config)
     start = time.perf_counter()
-    lowered = lower_train_step(config, mesh, batch)
-    try:
-        compiled = lowered.compile()
-    except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
-            raise MemoryError(str(e)) from e
-        raise RuntimeError(f"XLA could not compile the train step: {e}") from e
+    compiled = compile_lowered(lower_train_step(config, mesh, batch), "the train step")
     r = report(compiled, tpu, config, batch, top_ops)
     r["compile_s"] = time.perf_counter() - start
     return r
