@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobiledet_jax.models import bn_folding
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -240,10 +242,18 @@ class ConvBN(nn.Module):
         k = self.kernel_size
         if self.depthwise:
             kernel = self.param("kernel", self.kernel_init, (k, k, 1, cin), jnp.float32)
-            y = depthwise_conv(x, kernel.astype(x.dtype), self.stride, self.conv_form)
+            conv = functools.partial(depthwise_conv, stride=self.stride, form=self.conv_form)
         else:
             kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
-            y = regular_conv(x, kernel.astype(x.dtype), self.stride, self.conv_form)
+            conv = functools.partial(regular_conv, stride=self.stride, form=self.conv_form)
+        if bn_folding.correcting():  # QAT before the BN freeze (models/bn_folding.py)
+            bn = bn_folding.FoldedBatchNorm(
+                kernel.shape[-1], self.norm.epsilon, self.norm.momentum, name="BatchNorm"
+            )
+            factor = bn.factor()
+            y = conv(x, bn_folding.fold_kernel(kernel, factor).astype(x.dtype))
+            return ACTIVATIONS[self.activation](bn.correct(y, factor, train).astype(self.dtype))
+        y = conv(x, kernel.astype(x.dtype))
         one_pass = 0 < self.norm.one_pass_min_pixels <= y.shape[1] * y.shape[2]
         y = (OnePassBatchNorm if one_pass else nn.BatchNorm)(
             use_running_average=not train,

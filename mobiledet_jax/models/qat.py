@@ -80,6 +80,7 @@ from qwix._src import aux_data
 from qwix._src.providers import odml_ops
 from qwix._src.utils import flax_util
 
+from mobiledet_jax.models import bn_folding
 from mobiledet_jax.models.factory import as_convolutions
 
 INPUT_RANGE = (-1.0, 1.0)  # the model input: preprocess() output
@@ -159,8 +160,42 @@ class _Conv(odml_ops.DotEinsumConv):
         return super().__call__(*args, **kwargs)
 
 
+class _FoldKernel(odml_ops.QuantizedOp):
+    """``bn_folding.fold_kernel``: the folded kernel is the conv's weight (keeps the kernel's tag,
+    so the conv fake-quantizes it per channel as it does the kernel itself)."""
+
+    input_idx = [0]
+
+    def __call__(self, kernel, factor):
+        out = self._call_original_op(kernel, factor)
+        name = aux_data.get(kernel, odml_ops.AuxDataKey.WEIGHT_NAME, None)
+        if name is not None:
+            aux_data.set(out, odml_ops.AuxDataKey.WEIGHT_NAME, name)
+        return out
+
+
+class _CorrectedBatchNorm(odml_ops.QuantizedOp):
+    """``bn_folding.corrected_batch_norm``: fused into the conv before it, as qwix's BatchNorm
+    handler fuses ``nn.BatchNorm`` (no quantization point between the conv and its activation)."""
+
+    input_idx = [0]
+
+    def __call__(self, y, *args, **kwargs):
+        out, mean, var = self._call_original_op(y, *args, **kwargs)
+        if aux_data.get(y, odml_ops.AuxDataKey.IS_ACTIVATION, False):
+            if aux_data.get(y, odml_ops.AuxDataKey.ALLOW_FUSION, False):
+                aux_data.set(out, odml_ops.AuxDataKey.ALLOW_FUSION, True)
+            self._fake_quant_output(out, aux_data.get(y, odml_ops.AuxDataKey.FQ_RULE, None))
+        return out, mean, var
+
+
 def register_ops(provider):
     """The registrations MobileDet needs, on a QAT or a conversion provider."""
+    for fn, handler in (
+        (bn_folding.fold_kernel, _FoldKernel),
+        (bn_folding.corrected_batch_norm, _CorrectedBatchNorm),
+    ):
+        provider._ops[f"{fn.__module__}.{fn.__name__}"] = handler
     conv = provider._ops["jax.lax.conv_general_dilated"]
     provider._ops["jax.lax.conv_general_dilated"] = functools.partial(
         _Conv, *conv.args, **conv.keywords
@@ -200,12 +235,13 @@ def fold_batch_norms(model, variables) -> dict:
     params = flax.traverse_util.flatten_dict(jax.tree.map(_host, variables["params"]), sep="/")
     stats = flax.traverse_util.flatten_dict(jax.tree.map(_host, variables["batch_stats"]), sep="/")
     for path, eps in batch_norm_epsilons(model).items():
-        conv = path.rsplit("/", 1)[0] + "/kernel"
+        scope = path.rpartition("/")[0]  # "" for a ConvBN applied on its own
+        conv = f"{scope}/kernel" if scope else "kernel"
         if conv not in params:
             raise QatError(f"BatchNorm {path} does not follow a conv kernel")
         eps32 = np.float32(eps)
-        s = params[path + "/scale"] / np.sqrt(stats[path + "/var"] + eps32)
-        params[conv] = (params[conv] * s).astype(np.float32)  # output channels are the last axis
+        kernel, s = _fold(params[conv], params[path + "/scale"], stats[path + "/var"], eps32)
+        params[conv] = np.asarray(kernel)  # output channels are the last axis
         params[path + "/bias"] = (params[path + "/bias"] - stats[path + "/mean"] * s).astype(
             np.float32
         )
@@ -216,6 +252,15 @@ def fold_batch_norms(model, variables) -> dict:
     out["params"] = _as_jax(flax.traverse_util.unflatten_dict(params, sep="/"))
     out["batch_stats"] = _as_jax(flax.traverse_util.unflatten_dict(stats, sep="/"))
     return out
+
+
+@jax.jit
+def _fold(kernel, scale, var, eps):
+    """The folded kernel and the factor, computed as ``bn_folding``'s corrected conv computes them
+    inside a training step (one XLA program: the same floats, so that the int8 grid of a kernel
+    does not move when the BN freeze folds it)."""
+    factor = scale / jnp.sqrt(var + eps)
+    return bn_folding.fold_kernel(kernel, factor), factor
 
 
 def _host(x) -> np.ndarray:
