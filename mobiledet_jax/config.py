@@ -113,6 +113,11 @@ def train_config(schedule: str = "long") -> ml_collections.ConfigDict:
     # the folded kernels the int8 file holds (needed for per-tensor weights, int8_scheme
     # "symmetric", where BN's scale stays 1 too). False: BN trains on batch statistics, unfolded.
     t.qat_fold_bn = True
+    # QAT with qat_fold_bn: steps before BN's statistics freeze (TF's freeze_bn_delay). 0: fold and
+    # freeze at the start. N > 0: for the first N steps the conv is the folded one with TF's
+    # correction to batch statistics while the moving statistics still learn
+    # (models/bn_folding.py); at step N they are folded into the kernels and frozen.
+    t.qat_bn_freeze_delay = 0
     return t
 
 

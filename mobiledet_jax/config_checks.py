@@ -258,6 +258,14 @@ def check_train_config(config, device_count: int, workdir: str | None = None) ->
     _number(config, "train.grad_clip_norm", 0.0)
     if not isinstance(t.qat, bool):
         _fail(f"config.train.qat is {t.qat!r}: True or False")
+    delay = t.get("qat_bn_freeze_delay", 0)
+    if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
+        _fail(f"config.train.qat_bn_freeze_delay is {delay!r}: a number of steps >= 0")
+    if delay and not (t.qat and t.qat_fold_bn):
+        _fail(
+            "config.train.qat_bn_freeze_delay needs QAT with folded BatchNorm "
+            "(config.train.qat=True, config.train.qat_fold_bn=True)"
+        )
     check_data(config, ("train", "val") if evaluates(config) else ("train",))
     check_eval_config(config, device_count)
     if config.checkpoint.init_from:

@@ -403,7 +403,12 @@ def export_checkpoint(
     data_config = data_config or saved.data
     detection_config = detection_config or saved.detection
     meta = {**loaded.meta, "step": loaded.step}
+    variables = loaded.variables
+    if "quant_stats" in variables and saved.train.get("qat_bn_freeze_delay", 0) > loaded.step:
+        from mobiledet_jax.models import qat  # QAT stopped before its BN freeze: fold as it would
+
+        variables = qat.fold_batch_norms(build_model(model_config), variables)
     return export_model(
-        model_config, loaded.variables, output, opts, data_config, meta, detection_config,
+        model_config, variables, output, opts, data_config, meta, detection_config,
         data_origin, inputs.workdir_label_record(workdir),
     )  # fmt: skip

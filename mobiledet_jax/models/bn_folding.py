@@ -57,26 +57,27 @@ def fold_kernel(kernel: Array, factor: Array) -> Array:
     return kernel * factor.astype(kernel.dtype)
 
 
-def corrected_batch_norm(y, factor, scale, bias, mean, var, epsilon: float, use_batch_stats: bool):
-    """``(out, batch_mean, batch_var)``: BatchNorm of ``z = y / factor`` (``y`` the folded conv's
-    output) on batch statistics, or on ``mean`` / ``var`` when not ``use_batch_stats``;
-    ``batch_mean`` / ``batch_var`` (float32, biased as flax's) for the moving averages; a channel
-    with ``gamma = 0`` returns its moving statistics (its folded conv is all zeros)."""
+def corrected_batch_norm(
+    y, factor, scale, bias, mean, var, epsilon: float, momentum: float, train: bool
+):
+    """``(out, new_mean, new_var)``: BatchNorm of ``z = y / factor`` (``y`` the folded conv's
+    output) on batch statistics in ``train`` (``new_*``: the moving averages updated with them,
+    flax's biased variance and momentum), on ``mean`` / ``var`` otherwise (returned unchanged).
+    A channel with ``gamma = 0`` keeps its moving statistics (its folded conv is all zeros).
+    One function, so that qwix sees no op of the statistics (``models.qat`` registers it)."""
     yf = y.astype(jnp.promote_types(y.dtype, jnp.float32))
     safe = jnp.where(factor == 0, 1.0, factor)  # gamma = 0: w * 0 = 0, so z = y = 0, out = bias
     z = yf / safe
     axes = tuple(range(y.ndim - 1))
-    if use_batch_stats:
+    if train:
         batch_mean = jnp.mean(z, axes)
         batch_var = jnp.mean(jnp.square(z - batch_mean), axes)  # two passes, as nn.BatchNorm's
-        # gamma = 0: the folded conv is 0 and says nothing of the conv's statistics; that channel
-        # (whose output is bias either way) keeps its moving statistics
-        batch_mean = jnp.where(factor == 0, mean, batch_mean)
-        batch_var = jnp.where(factor == 0, var, batch_var)
+        new_mean = jnp.where(factor == 0, mean, momentum * mean + (1.0 - momentum) * batch_mean)
+        new_var = jnp.where(factor == 0, var, momentum * var + (1.0 - momentum) * batch_var)
     else:
-        batch_mean, batch_var = mean, var
+        batch_mean, batch_var, new_mean, new_var = mean, var, mean, var
     out = (z - batch_mean) * (scale * lax.rsqrt(batch_var + epsilon)) + bias
-    return out.astype(y.dtype), batch_mean, batch_var
+    return out.astype(y.dtype), new_mean, new_var
 
 
 class FoldedBatchNorm(nn.Module):
@@ -103,10 +104,26 @@ class FoldedBatchNorm(nn.Module):
 
     def correct(self, y: Array, factor: Array, train: bool) -> Array:
         out, mean, var = corrected_batch_norm(
-            y, factor, self.scale, self.bias, self.mean.value, self.var.value, self.epsilon, train
-        )
+            y, factor, self.scale, self.bias, self.mean.value, self.var.value, self.epsilon,
+            self.momentum, train,
+        )  # fmt: skip
         if train and not self.is_initializing():
-            m = self.momentum
-            self.mean.value = m * self.mean.value + (1.0 - m) * mean
-            self.var.value = m * self.var.value + (1.0 - m) * var
+            self.mean.value, self.var.value = mean, var
         return out
+
+
+class Corrected:
+    """``model`` whose ``apply`` traces its ``ConvBN`` layers corrected (inside
+    ``batch_norm_correction``): the evaluator's model during QAT before the BN freeze. Folded
+    variables (after the freeze) compute the same through it, so one compiled evaluation serves
+    the whole run."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def apply(self, *args, **kwargs):
+        with batch_norm_correction():
+            return self._model.apply(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)

@@ -24,9 +24,12 @@ one computation; the export report's parity and COCO rows compare them):
   (``fold_batch_norms``: the starting model's moving statistics) and frozen, so the fake
   quantization sees the folded kernel the file holds. The file's int32 bias is the folded shift
   rounded to ``s_in * s_w``; the export rounds the model's biases onto that grid first
-  (``export.qat_convert.convert_snapped``), so that both hold the same bias. TF's QAT first trains folded weights
-  on batch statistics and freezes them after a delay: not built here (fine-tuning a converged
-  float model, we freeze from the start).
+  (``export.qat_convert.convert_snapped``), so that both hold the same bias. As TF's QAT does,
+  ``train.qat_bn_freeze_delay`` > 0 first trains that many steps with the conv folded with the
+  moving statistics and corrected to batch statistics, which still learn (``models.bn_folding``:
+  qwix fake-quantizes the folded kernel, ``fold_kernel``, and fuses the correction into the conv,
+  ``corrected_batch_norm``); then the trainer folds the statistics in and freezes them. 0 (the
+  default) freezes from the start, which suits fine-tuning a converged float model.
 - *Weights*: symmetric int8 with TFLite's grid, scale ``absmax / 127`` and values in [-127, 127]
   (``WEIGHT_CALIBRATION``; qwix's own grid, ``absmax / 127.5``, reaches -128, which the converter
   clamps); per output channel in the ``asymmetric`` scheme, one scale per tensor in
@@ -182,6 +185,8 @@ class _CorrectedBatchNorm(odml_ops.QuantizedOp):
 
     def __call__(self, y, *args, **kwargs):
         out, mean, var = self._call_original_op(y, *args, **kwargs)
+        for stat in (mean, var):  # BN's state, never an activation to quantize
+            aux_data.set(stat, odml_ops.AuxDataKey.IS_ACTIVATION, False)
         if aux_data.get(y, odml_ops.AuxDataKey.IS_ACTIVATION, False):
             if aux_data.get(y, odml_ops.AuxDataKey.ALLOW_FUSION, False):
                 aux_data.set(out, odml_ops.AuxDataKey.ALLOW_FUSION, True)
@@ -224,14 +229,16 @@ def batch_norm_epsilons(model, image_size=(64, 64)) -> dict[str, float]:
     return found
 
 
-def fold_batch_norms(model, variables) -> dict:
+def fold_batch_norms(model, variables, factors: dict | None = None) -> dict:
     """``variables`` with every BatchNorm folded into the kernel of the conv before it, as the
     converter folds it: ``kernel * s`` and BN bias ``beta - mean * s`` (``s = gamma /
     sqrt(var + eps)``, per output channel), the BN left as the identity plus that bias (scale 1,
     mean 0, variance ``1 - eps``, so that ``rsqrt(var + eps)`` is exactly 1). In inference mode
     the model computes the same function (to float rounding); in QAT (``train.qat_fold_bn``) the
     fake quantization then sees the folded kernel the int8 file holds (per-tensor weight scales
-    need that: they do not commute with BN's per-channel scale), and BN stays frozen."""
+    need that: they do not commute with BN's per-channel scale), and BN stays frozen.
+    ``factors``: a dict to fill with each folded kernel's path (``backbone/Conv/kernel``) and its
+    per-output-channel factor (numpy)."""
     params = flax.traverse_util.flatten_dict(jax.tree.map(_host, variables["params"]), sep="/")
     stats = flax.traverse_util.flatten_dict(jax.tree.map(_host, variables["batch_stats"]), sep="/")
     for path, eps in batch_norm_epsilons(model).items():
@@ -242,6 +249,8 @@ def fold_batch_norms(model, variables) -> dict:
         eps32 = np.float32(eps)
         kernel, s = _fold(params[conv], params[path + "/scale"], stats[path + "/var"], eps32)
         params[conv] = np.asarray(kernel)  # output channels are the last axis
+        if factors is not None:
+            factors[conv] = np.asarray(s)
         params[path + "/bias"] = (params[path + "/bias"] - stats[path + "/mean"] * s).astype(
             np.float32
         )

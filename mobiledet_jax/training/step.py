@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.detection import losses, matcher, target_assigner
-from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.models import bn_folding, build_model, input_size
 from mobiledet_jax.sharding import batch_sharding, replicated
 from mobiledet_jax.training import schedules
 from mobiledet_jax.training.optimizer import make_optimizer
@@ -107,9 +107,12 @@ def make_train_step(
     mesh: Mesh,
     detection: ml_collections.ConfigDict | None = None,
     int8_scheme: str = "asymmetric",
+    bn_correction: bool = False,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``state, batch -> state, metrics``, jitted with the state donated.
 
+    ``bn_correction``: QAT before the BN freeze (``train.qat_bn_freeze_delay``), the model traced
+    as folded convs corrected to batch statistics (``models.bn_folding``), BN learning.
     QAT on BN-folded kernels (``train.qat_fold_bn``) keeps BN's moving statistics; in the
     ``symmetric`` int8 scheme (``config.model.int8_scheme``) also BN's scale, which a per-tensor
     weight scale cannot absorb (per channel, the file folds a trained scale into the kernel
@@ -122,12 +125,20 @@ def make_train_step(
     trainer's NaN guard reads it with the log window, without a host sync per step.
     """
     schedule = schedules.from_config(train)
-    bn_train = not (train.get("qat", False) and train.get("qat_fold_bn", False))
+    # bn_correction: QAT before the BN freeze (train.qat_bn_freeze_delay): folded convs corrected
+    # to batch statistics, whose moving averages still learn (models/bn_folding.py)
+    bn_train = bn_correction or not (train.get("qat", False) and train.get("qat_fold_bn", False))
     freeze_bn_scale = not bn_train and int8_scheme == "symmetric"
     match_s = matcher.MatcherSettings.from_config(detection.matcher) if detection else None
     loss_s = losses.LossSettings.from_config(detection.loss) if detection else None
 
     def step_fn(state: TrainState, batch):
+        if bn_correction:  # a trace-time switch of layers.ConvBN
+            with bn_folding.batch_norm_correction():
+                return _step(state, batch)
+        return _step(state, batch)
+
+    def _step(state: TrainState, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, (updates, metrics)), grads = grad_fn(
             state.params,

@@ -15,14 +15,17 @@ by every step, saved with the checkpoints, used by the evaluations, and converte
 --format=int8``. A conv qwix would leave float is a QatError before the first step.
 """
 
+import contextlib
 import dataclasses
 import logging
 import time
 from typing import Any
 
+import flax
 import jax
 import ml_collections
 import numpy as np
+import optax
 from etils import epath
 
 from mobiledet_jax import config_checks, data, workdir_lock
@@ -31,7 +34,7 @@ from mobiledet_jax.config import ConfigError
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.evaluation.coco_metric import format_metrics
 from mobiledet_jax.evaluation.evaluator import Evaluator
-from mobiledet_jax.models import build_model, input_size
+from mobiledet_jax.models import bn_folding, build_model, input_size
 from mobiledet_jax.progress import Progress
 from mobiledet_jax.sharding import make_mesh, replicated
 from mobiledet_jax.training import finetune
@@ -96,15 +99,32 @@ def _qat_model(config, model):
     return qat.qat_model(model, scheme=config.model.int8_scheme)
 
 
-def _fold_batch_norms(model, state: TrainState, mesh) -> TrainState:
-    """QAT with ``train.qat_fold_bn``: BatchNorm folded into the conv kernels from the starting
-    model's moving statistics (``models.qat.fold_batch_norms``); BN then stays frozen."""
+def _fold_batch_norms(model, state: TrainState, mesh, optimizer=None) -> TrainState:
+    """QAT with ``train.qat_fold_bn``: BatchNorm folded into the conv kernels with the current
+    moving statistics (``models.qat.fold_batch_norms``); BN then stays frozen. At the start of
+    QAT (``train.qat_bn_freeze_delay`` 0), or after the delay: then the optimizer's momentum of
+    each kernel is scaled by the same factor, the velocity of the folded kernel."""
     from mobiledet_jax.models import qat
 
-    folded = qat.fold_batch_norms(model, state.variables)
-    logging.info("QAT: BatchNorm folded into the conv kernels (frozen statistics)")
+    factors: dict = {}
+    folded = qat.fold_batch_norms(model, state.variables, factors)
+    logging.info(
+        "QAT: BatchNorm folded into %d conv kernels at step %d (frozen statistics from here)",
+        len(factors),
+        int(jax.device_get(state.step)),
+    )
     put = lambda tree: jax.device_put(tree, replicated(mesh))
-    return state.replace(params=put(folded["params"]), batch_stats=put(folded["batch_stats"]))
+    state = state.replace(params=put(folded["params"]), batch_stats=put(folded["batch_stats"]))
+    if optimizer is not None:
+        flat = flax.traverse_util.flatten_dict(state.params, sep="/")
+        scale = flax.traverse_util.unflatten_dict(
+            {k: factors.get(k, np.float32(1.0)) for k in flat}, sep="/"
+        )
+        opt_state = optax.tree_utils.tree_map_params(
+            optimizer, lambda v, s: v * s, state.opt_state, scale
+        )
+        state = state.replace(opt_state=put(opt_state))
+    return state
 
 
 def _calibrate(qmodel, state: TrainState, batch, mesh) -> TrainState:
@@ -141,6 +161,17 @@ class _Run:
     step_fn: Any
     evaluator: Evaluator | None
     lock: workdir_lock.WorkdirLock | None = None  # held until train_and_evaluate returns
+    # QAT before the BN freeze (train.qat_bn_freeze_delay): the step with BN correction, used
+    # while the state's step is below freeze_at; then the state is folded and step_fn takes over
+    pre_freeze_step_fn: Any = None
+    freeze_at: int = 0
+    fold: Any = None  # state -> folded state
+
+    def step_for(self, step: int):
+        """The step function that takes the state from ``step - 1`` to ``step``."""
+        if self.pre_freeze_step_fn is not None and step <= self.freeze_at:
+            return self.pre_freeze_step_fn
+        return self.step_fn
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: str) -> _Run:
@@ -183,21 +214,38 @@ def _prepare_locked(config, workdir: epath.Path, lock) -> _Run:
     resume = ckpt.latest_step() is not None
     if not resume and config.checkpoint.init_from:
         state = _init_from(config, state)
-    if tcfg.qat and tcfg.qat_fold_bn and not resume:  # a resumed run restores folded weights
+    # QAT with folded BN: folded at the start, or after train.qat_bn_freeze_delay steps (until
+    # then corrected to batch statistics); a checkpoint from step >= the delay holds folded weights
+    fold_bn = tcfg.qat and tcfg.qat_fold_bn
+    delay = tcfg.get("qat_bn_freeze_delay", 0) if fold_bn else 0
+    if fold_bn and not delay and not resume:
         state = _fold_batch_norms(model, state, mesh)
     if tcfg.qat:
-        state = _calibrate(train_model, state, next(train_iter), mesh)
+        with _correcting(delay > 0):  # the convs qwix must see: the folded ones
+            state = _calibrate(train_model, state, next(train_iter), mesh)
     if resume:
         state = ckpt.restore(state, train_iter)
         logging.info("resumed from checkpoint step %d", int(state.step))
-    step_fn = make_train_step(train_model, optimizer, anchors, config.model.num_classes, tcfg,
-                              mesh, config.detection, config.model.int8_scheme)  # fmt: skip
+    step_args = (train_model, optimizer, anchors, config.model.num_classes, tcfg, mesh,
+                 config.detection, config.model.int8_scheme)  # fmt: skip
+    step_fn = make_train_step(*step_args)
+    pre_freeze = None
+    if delay and int(jax.device_get(state.step)) < delay:
+        pre_freeze = make_train_step(*step_args, bn_correction=True)
+        logging.info("QAT: BatchNorm corrected to batch statistics until step %d", delay)
     evaluator = None
     if config.eval.max_batches != 0:  # built once: every evaluation reuses iterator and program
-        evaluator = Evaluator(config, mesh, model=train_model)
+        eval_model = bn_folding.Corrected(train_model) if delay else train_model
+        evaluator = Evaluator(config, mesh, model=eval_model)
     workdir_lib.write_config(config, str(workdir))  # after every check and the restore
     workdir_lib.write_labels(str(workdir), train_iter.info.category_names)
-    return _Run(config, workdir, train_iter, state, ckpt, step_fn, evaluator, lock)
+    fold = lambda st: _fold_batch_norms(model, st, mesh, optimizer)
+    return _Run(config, workdir, train_iter, state, ckpt, step_fn, evaluator, lock, pre_freeze,
+                delay, fold)  # fmt: skip
+
+
+def _correcting(on: bool):
+    return bn_folding.batch_norm_correction() if on else contextlib.nullcontext()
 
 
 def _evaluate(run: _Run, step: int, last: bool, log: MetricsLog, best_ap: float):
@@ -237,16 +285,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             t0 = time.time()
             batch = next(run.train_iter)
             input_wait += time.time() - t0
-            run.state, metrics = run.step_fn(run.state, batch)
+            step_fn = run.step_for(step)
+            run.state, metrics = step_fn(run.state, batch)
             metrics_window.append(metrics)
             guard.add(step, metrics)
-            compiled_size = compiled_size or run.step_fn._cache_size()
+            compiled_size = compiled_size or step_fn._cache_size()
+            if run.pre_freeze_step_fn is not None and step == run.freeze_at:
+                run.state = run.fold(run.state)  # before this step's checkpoint: folded from here
+                compiled_size = None  # the frozen step compiles next
             if tcfg.nan_check_every and step % tcfg.nan_check_every == 0:
                 check_finite()
             last = step == tcfg.num_steps
             if step % tcfg.log_every == 0 or last:
                 check_finite()
-                if run.step_fn._cache_size() != compiled_size:
+                if compiled_size is not None and step_fn._cache_size() != compiled_size:
                     raise RuntimeError(
                         f"the train step was recompiled by step {step}: batch shapes, dtypes or "
                         "shardings changed after the first step"

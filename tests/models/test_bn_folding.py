@@ -152,5 +152,7 @@ def test_qat_sees_the_folded_kernel(scheme):
             )
         )({k: v[k] for k in ("params", "batch_stats")})
     assert np.isfinite(out).all()
+    # the statistics' moving averages are BN state, not ops qwix quantizes: no new ranges
+    assert jax.tree.structure(updates["quant_stats"]) == jax.tree.structure(stats)
     moved = updates["batch_stats"]["regular"]["BatchNorm"]["mean"]
     assert not np.allclose(moved, v["batch_stats"]["regular"]["BatchNorm"]["mean"])

@@ -57,6 +57,21 @@ BAD = {
     "unknown model": ({"model.name": "mobiledet_tpu"}, "model.name", 1),
     "zero classes": ({"model.num_classes": 0}, "model.num_classes", 1),
     "unknown conv form": ({"model.conv_form": "im2col"}, "model.conv_form", 1),
+    "negative BN freeze delay": (
+        {"train.qat": True, "train.qat_bn_freeze_delay": -1},
+        "train.qat_bn_freeze_delay is -1",
+        1,
+    ),
+    "BN freeze delay without QAT": (
+        {"train.qat_bn_freeze_delay": 5},
+        "qat_bn_freeze_delay needs QAT with folded BatchNorm",
+        1,
+    ),
+    "BN freeze delay, BN not folded": (
+        {"train.qat": True, "train.qat_fold_bn": False, "train.qat_bn_freeze_delay": 5},
+        "qat_bn_freeze_delay needs QAT with folded BatchNorm",
+        1,
+    ),
     "unknown source": ({"data.source": "csv"}, "data.source", 1),
     "momentum 1.5": ({"train.momentum": 1.5}, "train.momentum", 1),
     "eval split": ({"eval.split": "test"}, "eval.split", 1),
