@@ -74,7 +74,8 @@ def load(path: pathlib.Path) -> dict:
 def save(results: dict, args) -> None:
     path = pathlib.Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    # paths inside the repository as the README gives them (the searches record absolute ones)
+    path.write_text(json.dumps(results, indent=1).replace(str(REPO) + "/", "") + "\n")
     report.write(results, args.figure, args.markdown)
 
 
