@@ -214,8 +214,12 @@ def _nms_full(boxes, scores_ca, score_threshold, iou_threshold, max_per_class, m
 def _nms_topk(boxes, scores_ca, k, score_threshold, iou_threshold, max_per_class, max_total):
     """NMS over the top ``k`` candidates per class; also returns whether that is provably exact."""
     top_scores, top_idx = lax.top_k(scores_ca, k + 1)  # [B, C, k + 1]
-    # Without this barrier XLA:CPU fuses the slices below into the top_k and runs 4x slower.
-    top_scores, top_idx = lax.optimization_barrier((top_scores, top_idx))
+    # Without a barrier XLA:CPU fuses the slices below into the top_k and runs 4x slower. One
+    # barrier per output: a barrier of the pair is the top_k's own tuple once the sharded
+    # program's tuples are simplified, and XLA's TopkDecomposer then aborts the compilation
+    # (a CHECK in HloInstruction::tuple_index) on any multi-device mesh.
+    top_scores = lax.optimization_barrier(top_scores)
+    top_idx = lax.optimization_barrier(top_idx)
     next_score = top_scores[..., k]
     scores_k, idx_k = top_scores[..., :k], top_idx[..., :k].astype(jnp.int32)
     cand_boxes = jax.vmap(lambda b, i: jnp.take(b, i, axis=0))(boxes, idx_k)  # [B, C, k, 4]
