@@ -3,7 +3,7 @@ retrained beside the MobileNet baselines and random architectures, measured late
 
     python benchmarks/search_demo.py [--table=configs/latency/tiny_cpu_160.json] \
         [--targets_ms=1.4,2.2,3.2] [--random=5] [--baselines=mobilenet_v2:0.35,...] \
-        [--stages=search,train,scaling] [--root=runs/search_demo] \
+        [--stages=search,train,latency,scaling] [--root=runs/search_demo] \
         [--json=benchmarks/results/search_demo.json] [--figure=docs/images/search_demo.png]
 
 What it runs, one command at a time (every one a documented command of the project):
@@ -15,10 +15,12 @@ What it runs, one command at a time (every one a documented command of the proje
    (``configs/searched.py:<arch>:quickstart``) and every baseline (``configs/quickstart.py
    --config.model.name=<name> --config.model.width_multiplier=<w>``): the same recipe, data, seed
    and steps for all. Then each is exported (``python -m mobiledet_jax.export --target=cpu
-   --outputs=raw``, float32) and its file timed as the latency table times its pieces
-   (``search.latency_builder.time_tflite``: LiteRT, XNNPACK, one thread, this thread's CPU time,
-   the least disturbed of 5 rounds); the searched and random ones are also priced by the table.
-3. ``scaling``: ``--scaling_steps`` steps of the same search on 1 and on 8 (virtual) devices.
+   --outputs=raw``, float32); its file is timed there once, beside whatever else runs (a check).
+3. ``latency``: every trained model timed side by side in one run (``search_demo_latency``:
+   LiteRT, XNNPACK, one thread, this thread's CPU time, interleaved rounds) and the searched and
+   random ones priced by ``--table``. Run it in the session that built ``--table`` (``python -m
+   mobiledet_jax.latency_table``): per-thread CPU times differ between VMs.
+4. ``scaling``: ``--scaling_steps`` steps of the same search on 1 and on 8 (virtual) devices.
 
 Resumable across sessions: ``--json`` is the record. An item already in it is not run again, and
 the architectures live in it (not only in the workdirs), so a later session continues from the
@@ -51,6 +53,7 @@ BASELINES = (
 )
 SPACE = "tiny"
 IMAGE_SIZE = 160
+TRAINED = "@trained"  # the latency stage's name suffix for a trained model's exported file
 
 
 def run(cmd: list[str], env: dict | None = None) -> float:
@@ -137,6 +140,17 @@ def candidates(args, results: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def training_config(root: pathlib.Path, name: str, item: dict) -> tuple[str, dict]:
+    """(--config, {key: value} overrides) the model is trained with."""
+    if item["kind"] == "baseline":
+        overrides = {"model.name": item["model"], "model.width_multiplier": item["width"]}
+        return "configs/quickstart.py", overrides
+    arch_file = root / "archs" / f"{name}.json"
+    arch_file.parent.mkdir(parents=True, exist_ok=True)
+    arch_file.write_text(json.dumps(item["arch"]))
+    return f"configs/searched.py:{arch_file}:quickstart", {}
+
+
 def train_all(args, results: dict, table_path: str) -> None:
     from mobiledet_jax.models import specs
     from mobiledet_jax.search import cost_model, latency_builder
@@ -147,14 +161,7 @@ def train_all(args, results: dict, table_path: str) -> None:
         if name in results["models"]:
             continue
         workdir = root / name
-        if item["kind"] == "baseline":
-            config = "configs/quickstart.py"
-            overrides = {"model.name": item["model"], "model.width_multiplier": item["width"]}
-        else:
-            arch_file = root / "archs" / f"{name}.json"
-            arch_file.parent.mkdir(parents=True, exist_ok=True)
-            arch_file.write_text(json.dumps(item["arch"]))
-            config, overrides = f"configs/searched.py:{arch_file}:quickstart", {}
+        config, overrides = training_config(root, name, item)
         wall = train(config, workdir, overrides)
         command = shown(
             [
@@ -175,7 +182,7 @@ def train_all(args, results: dict, table_path: str) -> None:
                 "--eval_images=0", "--latency_runs=0",
             ]
         )  # fmt: skip
-        ms, spread = latency_builder.time_tflite(tflite.read_bytes())
+        ms, _ = latency_builder.time_tflite(tflite.read_bytes())  # beside training: a check only
         row = {
             "kind": item["kind"],
             "AP": figures["AP"],
@@ -183,8 +190,7 @@ def train_all(args, results: dict, table_path: str) -> None:
             "evals": figures["evals"],
             "train_s": figures["train_s"],
             "wall_s": wall,
-            "measured_ms": ms,
-            "measured_spread_ms": spread,
+            "file_ms_after_training": ms,
             "load_1min": os.getloadavg()[0],
             "command": command,
         }
@@ -197,6 +203,44 @@ def train_all(args, results: dict, table_path: str) -> None:
                 row["c0_ms"] = item["c0_ms"]
         results["models"][name] = row
         save(results, args)
+
+
+def latency(args, results: dict, table_path: str) -> None:
+    """Every trained model's file timed side by side in this run (``search_demo_latency``), and the
+    searched and random ones priced by ``table_path``, the table built on this machine."""
+    from benchmarks import search_demo_latency as lat
+    from mobiledet_jax.models import specs
+    from mobiledet_jax.search import cost_model
+
+    table = cost_model.CostModel.load(table_path)
+    root = pathlib.Path(args.root).resolve()
+    items = {n: i for n, i in candidates(args, results) if n in results["models"]}
+    files = {}
+    for name, item in items.items():
+        print(f"converting {name} (float32, random weights)", flush=True)
+        files[name] = lat.random_weight_file(*training_config(root, name, item))
+        trained = root / name / "model_float32_raw.tflite"
+        if trained.exists():  # the trained weights' file, where this session still has it
+            files[name + TRAINED] = trained.read_bytes()
+    timed = lat.side_by_side(files, rounds=args.latency_rounds)
+    for name, item in items.items():
+        row = results["models"][name]
+        row["measured_ms"], row["measured_spread_ms"] = timed[name]
+        row.pop("trained_file_ms", None)
+        if name + TRAINED in timed:
+            row["trained_file_ms"] = timed[name + TRAINED][0]
+        if item["kind"] != "baseline":
+            row["predicted_ms"] = float(
+                table.predict(specs.spec_from_dict(item["arch"]["backbone"]))
+            )
+    results["latency"] = {
+        "table": report.table_info(table_path),
+        "rounds": args.latency_rounds,
+        "date": time.strftime("%Y-%m-%d"),
+        "load_1min": os.getloadavg()[0],
+        "command": shown([sys.executable, *sys.argv]),
+    }
+    save(results, args)
 
 
 def scaling(args, results: dict, table: str) -> None:
@@ -237,7 +281,8 @@ def main() -> None:
     p.add_argument("--random", type=int, default=5, help="random architectures of the space")
     p.add_argument("--random_seed", type=int, default=7)
     p.add_argument("--baselines", default=BASELINES, help="<model>:<width multiplier>, ...")
-    p.add_argument("--stages", default="search,train,scaling")
+    p.add_argument("--stages", default="search,train,latency,scaling")
+    p.add_argument("--latency_rounds", type=int, default=7, help="side-by-side timing rounds")
     p.add_argument("--scaling_steps", type=int, default=40)
     p.add_argument("--root", default="runs/search_demo")
     p.add_argument("--json", default="benchmarks/results/search_demo.json")
@@ -254,6 +299,8 @@ def main() -> None:
             search(args, results, table)
         if "train" in stages:
             train_all(args, results, table)
+        if "latency" in stages:
+            latency(args, results, table)
         if "scaling" in stages:
             scaling(args, results, table)
     save(results, args)

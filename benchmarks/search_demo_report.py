@@ -41,19 +41,20 @@ def table_info(path: str) -> dict:
     }
 
 
+def ms(row: dict) -> float:
+    """The side-by-side measurement (the latency stage), else the one taken after training."""
+    return row.get("measured_ms", row.get("file_ms_after_training", float("nan")))
+
+
 def dominated_by(row: dict, baselines: dict) -> list[str]:
-    return [
-        name
-        for name, b in baselines.items()
-        if b["measured_ms"] <= row["measured_ms"] and b["AP"] > row["AP"]
-    ]
+    return [name for name, b in baselines.items() if ms(b) <= ms(row) and b["AP"] > row["AP"]]
 
 
 def random_fit(randoms: dict):
     """AP at a latency from the random models' least-squares line (None below two points)."""
     if len(randoms) < 2:
         return None
-    x = np.array([r["measured_ms"] for r in randoms.values()])
+    x = np.array([ms(r) for r in randoms.values()])
     y = np.array([r["AP"] for r in randoms.values()])
     slope, intercept = np.polyfit(x, y, 1)
     return lambda ms: float(intercept + slope * ms)
@@ -71,7 +72,7 @@ def markdown(results: dict) -> str:
         f"{100 * rep.get('within_10pct', float('nan')):.0f}% within 10%, "
         f"Kendall tau {rep.get('kendall_tau', float('nan')):.2f}.",
         "",
-        "| search | target c0 ms | predicted ms | steps | wall s | s / step (median) |",
+        "| search | target c0 ms | predicted ms (search's table) | steps | wall s | s / step (median) |",
         "|---|---|---|---|---|---|",
     ]
     for name, s in results.get("searches", {}).items():
@@ -85,21 +86,36 @@ def markdown(results: dict) -> str:
         "| dominated by a baseline | AP - random line at its ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in sorted(models.items(), key=lambda kv: kv[1]["measured_ms"]):
+    for name, r in sorted(models.items(), key=lambda kv: ms(kv[1])):
         pred = "-"
         if "predicted_ms" in r:
-            err = r["predicted_ms"] / r["measured_ms"] - 1
+            err = r["predicted_ms"] / ms(r) - 1
             pred = f"{r['predicted_ms']:.3f} ({100 * err:+.1f}%)"
         dom = "-"
         vs_random = "-"
         if r["kind"] == "searched":
             dom = ", ".join(dominated_by(r, by_kind["baseline"])) or "no"
             if fit:
-                vs_random = f"{r['AP'] - fit(r['measured_ms']):+.4f}"
+                vs_random = f"{r['AP'] - fit(ms(r)):+.4f}"
         lines.append(
-            f"| {name} | {r['kind']} | {r['measured_ms']:.3f} | {pred} | {r['AP']:.4f} "
+            f"| {name} | {r['kind']} | {ms(r):.3f} | {pred} | {r['AP']:.4f} "
             f"| {r['AP50']:.4f} | {r['train_s']:.0f} | {dom} | {vs_random} |"
         )
+    lat = results.get("latency")
+    if lat:
+        lt = lat["table"]
+        lines += [
+            "",
+            f"Measured side by side on {lat['date']} ({lat['rounds']} interleaved rounds, "
+            f"1-min load {lat['load_1min']:.1f} at the end), priced by `{lt['file']}` "
+            f"({lt['date']}, built in the same session). Random-weight files are timed; where a "
+            "trained model's exported file was at hand it was timed beside its twin:",
+        ]
+        twins = [f"{n} {r['trained_file_ms']:.3f} ms trained against {r['measured_ms']:.3f} ms"
+                 for n, r in models.items() if "trained_file_ms" in r]  # fmt: skip
+        lines.append("; ".join(twins) + "." if twins else "none.")
+    else:
+        lines += ["", "Measured once each after its training (no side-by-side latency stage yet)."]
     if by_kind["random"]:
         med = float(np.median([r["AP"] for r in by_kind["random"].values()]))
         lines += ["", f"Median AP of the {len(by_kind['random'])} random architectures: {med:.4f}."]
@@ -125,14 +141,14 @@ def figure(results: dict, path: str) -> None:
         if not rows:
             continue
         ax.scatter(
-            [r["measured_ms"] for r in rows.values()],
+            [ms(r) for r in rows.values()],
             [r["AP"] for r in rows.values()],
             label=kind,
             **style,
         )
         if kind != "random":
             for name, r in rows.items():
-                ax.annotate(name, (r["measured_ms"], r["AP"]), fontsize=7, xytext=(4, 3),
+                ax.annotate(name, (ms(r), r["AP"]), fontsize=7, xytext=(4, 3),
                             textcoords="offset points")  # fmt: skip
     fit = random_fit({n: r for n, r in models.items() if r["kind"] == "random"})
     if fit:

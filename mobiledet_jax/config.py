@@ -344,6 +344,10 @@ def search_config() -> ml_collections.ConfigDict:
     s.baseline_momentum = 0.95
     s.entropy_weight = 0.0
     s.log_logits_every = 25  # steps between controller-probability records (pictures, TensorBoard)
+    # recompute each supernet branch in the backward pass instead of keeping its intermediates
+    # (search.supernet, "Memory"): about one more forward pass of compute for a fraction of the
+    # memory; on in the TPU configs, whose full-size train step does not fit an HBM without it
+    s.remat = False
     return s
 
 
@@ -397,6 +401,7 @@ def search_tpu_config(target: str, arg: str = "") -> ml_collections.ConfigDict:
     c = search_base_config()
     c.search.space = f"{target}_{variant}"
     c.search.reward_batch_size = 1024
+    c.search.remat = True
     c.model.num_classes = 90
     c.model.image_size = 320
     c.data.source = "tfds"

@@ -5,7 +5,11 @@
 
 times every piece any architecture of the space can contain (LiteRT, XNNPACK, one thread, this
 thread's CPU time), measures ``--calibration`` random whole networks to fit ``b0 + alpha * sum``,
-and prints the accuracy on ``--holdout`` other ones (RMSE, % within +-10%, Kendall tau). An
+and prints the accuracy on ``--holdout`` other ones (RMSE, % within +-10%, Kendall tau); both sets
+are spread evenly over the latency range the space reaches (``latency_builder.
+spread_architectures``), so that the fastest and slowest networks a search may return are priced
+by a fit that covered them. Per-thread CPU time is steady on one machine, not between VMs: build
+the table on the machine it prices, with nothing else running. An
 interrupted build resumes from ``<table.json>.partial``. The per-entry CSV goes beside the JSON.
 
 For a device this machine cannot reach (EdgeTPU, DSP, GPU, a phone's CPU):

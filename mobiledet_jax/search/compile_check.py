@@ -24,11 +24,13 @@ Costs nothing but compile time; the programs are the ones ``search.searcher`` ji
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mobiledet_jax import sharding
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.models import input_size
+from mobiledet_jax.models.factory import resolve_compute_dtype
 from mobiledet_jax.search import controller as ctl
 from mobiledet_jax.search import space as space_lib
 from mobiledet_jax.search import supernet as supernet_lib
@@ -52,6 +54,8 @@ def lower_programs(config: ml_collections.ConfigDict, mesh) -> dict:
         config.model.num_classes,
         anchors_per_location=tuple(anchors_lib.anchors_per_location(anchor_settings)),
         conv_form=config.model.conv_form,
+        dtype=jnp.dtype(resolve_compute_dtype(config.model.compute_dtype)),
+        remat=config.search.remat,
     )
     cspec = ctl.make_spec(space)
     ctx = ctl.make_optimizer(t.num_steps, s.controller_lr, s.rl_delay)

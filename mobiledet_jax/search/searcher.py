@@ -43,6 +43,7 @@ from mobiledet_jax.config import ConfigError
 from mobiledet_jax.detection import anchors as anchors_lib
 from mobiledet_jax.detection import losses, matcher, postprocess
 from mobiledet_jax.models import input_size, specs
+from mobiledet_jax.models.factory import resolve_compute_dtype
 from mobiledet_jax.progress import Progress
 from mobiledet_jax.search import controller as ctl
 from mobiledet_jax.search import cost_model as cost_lib
@@ -244,6 +245,8 @@ class _Search:
             self.num_classes,
             anchors_per_location=tuple(anchors_lib.anchors_per_location(anchor_settings)),
             conv_form=config.model.conv_form,
+            dtype=jnp.dtype(resolve_compute_dtype(config.model.compute_dtype)),
+            remat=config.search.remat,
         )
         self.cspec = ctl.make_spec(self.space)
         self.ctx = ctl.make_optimizer(t.num_steps, s.controller_lr, s.rl_delay)

@@ -38,6 +38,14 @@ What is shared, and how:
   91 ms and 148 ms. The price is compile time: JAX linearizes each cond separately, so the
   gradient of the "test" space's 40 branches traces in ~10 s and compiles in 40-70 s.
 
+- **Memory.** Differentiating a ``cond`` keeps the residuals of its true side whichever side ran
+  (zeros stand in for them), so the gradient of the supernet holds every branch's intermediates
+  at its largest widths: the full-size EdgeTPU search's train step needed 173 GiB of temporaries
+  per v5e chip (batch 64 at 320x320). ``Supernet(remat=True)`` (``config.search.remat``, on in
+  the TPU configs) rematerializes each branch's conditional: only its inputs are kept, and the
+  backward pass recomputes the branch, one at a time (about one more forward pass of compute;
+  the same numbers, tests/search).
+
 ``weights`` are traced, widths and branch sets are static: ``jax.jit`` compiles once for every
 architecture and every mixture. Approximate: with soft weights the supernet mixes masks (the
 TuNAS relaxation), which no standalone model computes; with one-hot weights it is the standalone
@@ -187,6 +195,20 @@ class Branch(nn.Module):
         return conv(size["out"], 1, activation="linear", name=project)(h, masks["out"])
 
 
+def _conditional_branch(branch: nn.Module, x, masks, wb, shape):
+    """``branch(x, masks)`` where ``wb != 0``, zeros of ``shape`` where not (Flax's lifted cond)."""
+    return nn.cond(
+        wb != 0,
+        lambda mdl, x, m: mdl(x, m),
+        lambda mdl, x, m: jnp.zeros(shape, x.dtype),
+        branch,
+        x,
+        masks,
+        # params only: the branches would sow intermediates on one side alone
+        variables="params",
+    )
+
+
 class SearchLayer(nn.Module):
     """A slot: ``sum_i w_i * branch_i(x)`` (+ x when residual), each branch under ``nn.cond``."""
 
@@ -195,6 +217,7 @@ class SearchLayer(nn.Module):
     dtype: Any = jnp.float32
     conv_form: str = "auto"
     conditional: bool = True
+    remat: bool = False  # Supernet.remat
 
     @nn.compact
     def __call__(self, x: Array, weights: Array) -> Array:
@@ -212,16 +235,13 @@ class SearchLayer(nn.Module):
             if self.is_initializing() or not self.conditional:
                 y = branch(x, masks[fam])
             else:
-                y = nn.cond(
-                    wb != 0,
-                    lambda mdl, x, m: mdl(x, m),
-                    lambda mdl, x, m, shape=shape: jnp.zeros(shape, x.dtype),
-                    branch,
-                    x,
-                    masks[fam],
-                    # params only: the branches would sow intermediates on one side alone
-                    variables="params",
-                )
+
+                def run(mdl, x, m, wb, shape=shape):
+                    return _conditional_branch(mdl, x, m, wb, shape)
+
+                if self.remat:  # keep only the inputs; the backward pass recomputes the branch
+                    run = nn.remat(run)
+                y = run(branch, x, masks[fam], wb)
             y = wb.astype(y.dtype) * y
             total = y if total is None else total + y
         return total + x if slot.residual else total
@@ -234,6 +254,7 @@ class SupernetBackbone(nn.Module):
     dtype: Any = jnp.float32
     conv_form: str = "auto"
     conditional: bool = True
+    remat: bool = False  # Supernet.remat
 
     @nn.compact
     def __call__(self, x: Array, weights: Array) -> dict[str, Array]:
@@ -246,8 +267,9 @@ class SupernetBackbone(nn.Module):
         endpoints = {}
         for slot in p.slots:
             x = SearchLayer(
-                self.space, slot, self.dtype, self.conv_form, self.conditional, name=slot.name
-            )(x, weights)
+                self.space, slot, self.dtype, self.conv_form, self.conditional, self.remat,
+                name=slot.name,
+            )(x, weights)  # fmt: skip
             if slot.endpoint:
                 endpoints[slot.endpoint] = x  # already zero beyond the active width
         return endpoints
@@ -272,6 +294,8 @@ class Supernet(nn.Module):
     dtype: Any = jnp.float32
     conv_form: str = "auto"  # layers.CONV_FORMS; export uses "conv"
     conditional: bool = True  # False: compute every branch and weight them
+    # True: each branch's conditional is rematerialized (config.search.remat), see the docstring
+    remat: bool = False
 
     @nn.compact
     def __call__(self, images: Array, weights: Array, train: bool = True) -> dict[str, Any]:
@@ -286,7 +310,7 @@ class Supernet(nn.Module):
         weights = jnp.asarray(weights, jnp.float32)
         x = images.astype(self.dtype)
         endpoints = SupernetBackbone(
-            self.space, self.dtype, self.conv_form, self.conditional, name="backbone"
+            self.space, self.dtype, self.conv_form, self.conditional, self.remat, name="backbone"
         )(x, weights)
         src1, src2 = SSD_SOURCES
         neck = SSDLiteNeck(NECK_PREFIX, 1.0, self.dtype, self.conv_form, parent=None)

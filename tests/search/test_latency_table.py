@@ -154,3 +154,25 @@ def test_cli_builds_a_calibrated_table(tmp_path):
     assert not (tmp_path / "test_cpu_64.json.partial").exists()
     spec = space_lib.decode(space_lib.get_space("test"), np.zeros(61, np.int64))
     assert table.predict(spec) > 0
+
+
+def test_calibration_architectures_span_the_latency_range():
+    sp = space_lib.get_space("tiny")
+    entries = cm.table_entries(sp, 160)
+    values = np.random.default_rng(0).uniform(0.01, 2.0, len(entries))
+    table = cm.CostModel(dict(zip(entries, values.tolist(), strict=True)), image_size=160,
+                         space="tiny")  # fmt: skip
+    price = lambda archs: np.array([table.table_sum(space_lib.decode(sp, i)) for i in archs])
+    pool = price(lb.random_architectures(sp, 2000, np.random.default_rng(1)))
+    uniform = price(lb.random_architectures(sp, 20, np.random.default_rng(2)))
+    spread_idx = lb.spread_architectures(sp, 20, np.random.default_rng(2), table, pool=2000)
+    spread = price(spread_idx)
+    # evenly spaced in log price: reaches both tails the uniform draws leave out
+    assert spread.min() < np.quantile(pool, 0.01) and spread.max() > np.quantile(pool, 0.99)
+    assert spread.min() < uniform.min() and spread.max() > uniform.max()
+    gaps = np.diff(np.log(np.sort(spread)))
+    assert gaps.max() < 3 * np.log(spread.max() / spread.min()) / 19
+    # distinct, and none of an excluded set
+    held = lb.spread_architectures(sp, 10, np.random.default_rng(3), table, exclude=spread_idx)
+    tables = {tuple(space_lib.decode(sp, i).blocks) for i in spread_idx}
+    assert len(tables) == 20 and not tables & {tuple(space_lib.decode(sp, i).blocks) for i in held}

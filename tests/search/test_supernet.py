@@ -11,6 +11,8 @@ per architecture (``_run``) for every test that reads it:
   architectures and the uniform weights through it: one trace, one compile;
 - ``forward`` (both spaces, float64): the equality tests, the skip / mask test, the L2 test;
 - ``all_branches`` ("se", float64): ``Supernet(conditional=False)``, against ``forward``;
+- ``step64`` and ``step64_remat`` ("tiny", float64): ``step``, and ``step`` with every branch
+  rematerialized (``remat=True``);
 - one standalone ``SSDLite`` per architecture of ``ARCHITECTURES`` (float64, with its L2).
 
 Tiny shapes (34x34: C4 3x3, C5 2x2; batch 2), depthwise convs as convolutions
@@ -47,7 +49,13 @@ SPACES = {
         space_lib.get_space("test"), name="test_se", se=True, activation="hard_swish"
     ),
 }
-KINDS = {"step": np.float32, "forward": np.float64, "all_branches": np.float64}
+KINDS = {
+    "step": np.float32,
+    "step64": np.float64,
+    "step64_remat": np.float64,
+    "forward": np.float64,
+    "all_branches": np.float64,
+}
 
 ARCHITECTURES = [
     # Tucker in b3, SE in all three SE families
@@ -136,8 +144,9 @@ def _program(name: str, kind: str):
     space, traces = SPACES[name], []
     dtype = jnp.dtype(KINDS[kind])
     net = sn.Supernet(
-        space, NUM_CLASSES, dtype=dtype, conv_form=FORM, conditional=kind != "all_branches"
-    )
+        space, NUM_CLASSES, dtype=dtype, conv_form=FORM, conditional=kind != "all_branches",
+        remat=kind.endswith("remat"),
+    )  # fmt: skip
 
     def forward(p, x, w):
         traces.append(1)
@@ -152,7 +161,7 @@ def _program(name: str, kind: str):
         loss = jnp.mean(out["box_encodings"] ** 2) + jnp.mean(out["class_logits"] ** 2)
         return loss, {"outputs": out, **aux}
 
-    if kind != "step":
+    if not kind.startswith("step"):
         return jax.jit(lambda p, x, w: forward(p, x, w)[1], compiler_options=ONCE), traces
 
     def step(p, x, w):
@@ -286,3 +295,22 @@ def test_active_l2_is_the_standalone_l2(name, seed, force):
     leaves = jax.tree_util.tree_flatten_with_path(_params(name))[0]
     full = 0.5 * sum(np.sum(np.square(v)) for path, v in leaves if path[-1].key == "kernel")
     assert 0 < float(uniform) < full  # full: l2_regularization of every supernet kernel
+
+
+def test_rematerialized_branches_give_the_same_gradient():
+    """``Supernet(remat=True)`` (the TPU configs) recomputes each branch in the backward pass:
+    the same outputs and gradients as keeping its intermediates, one-hot and mixed weights."""
+    arch = _arch("tiny", 1, ARCHITECTURES[3][2])
+    for weights in (arch, None):
+        kept = _call("tiny", "step64", weights)
+        remat = _call("tiny", "step64_remat", weights)
+        for key in ("box_encodings", "class_logits"):
+            np.testing.assert_allclose(
+                remat["outputs"][key], kept["outputs"][key], rtol=1e-9, atol=1e-9
+            )
+        flat_k = jax.tree_util.tree_flatten_with_path(kept["grads"])[0]
+        flat_r = jax.tree_util.tree_leaves(remat["grads"])
+        assert len(flat_k) == len(flat_r)
+        for (path, g), r in zip(flat_k, flat_r, strict=True):
+            scale = float(np.max(np.abs(g))) + 1e-12
+            np.testing.assert_allclose(r, g, rtol=1e-7, atol=1e-9 * scale, err_msg=str(path))
