@@ -92,6 +92,7 @@ def search(args, results: dict, table: str) -> None:
         name = f"search_{target}ms"
         if name in results["searches"]:
             continue
+        results["table"] = report.table_info(table)  # the searches' table
         workdir = pathlib.Path(args.root).resolve() / name
         cmd = [
             sys.executable, "-m", "mobiledet_jax.search",
@@ -292,7 +293,6 @@ def main() -> None:
     args = p.parse_args()
     results = load(pathlib.Path(args.json))
     table = str(pathlib.Path(args.table).resolve())
-    results["table"] = report.table_info(table)
     stages = set(args.stages.split(","))
     if not args.no_run:
         if "search" in stages:

@@ -67,7 +67,8 @@ def markdown(results: dict) -> str:
     t = results.get("table", {})
     rep = t.get("report") or {}
     lines = [
-        f"Latency table: `{t.get('file')}` ({t.get('host')}, {t.get('date')}); held-out accuracy: "
+        f"The searches' latency table: `{t.get('file')}` ({t.get('host')}, {t.get('date')}, "
+        f"sha256 {str(t.get('sha256'))[:12]}); held-out accuracy: "
         f"MAPE {100 * rep.get('mape', float('nan')):.1f}%, "
         f"{100 * rep.get('within_10pct', float('nan')):.0f}% within 10%, "
         f"Kendall tau {rep.get('kendall_tau', float('nan')):.2f}.",
@@ -108,8 +109,10 @@ def markdown(results: dict) -> str:
             "",
             f"Measured side by side on {lat['date']} ({lat['rounds']} interleaved rounds, "
             f"1-min load {lat['load_1min']:.1f} at the end), priced by `{lt['file']}` "
-            f"({lt['date']}, built in the same session). Random-weight files are timed; where a "
-            "trained model's exported file was at hand it was timed beside its twin:",
+            f"({lt['host']}, {lt['date']}, sha256 {lt['sha256'][:12]}; held-out: MAPE "
+            f"{100 * lt['report']['mape']:.1f}%, {100 * lt['report']['within_10pct']:.0f}% within "
+            "10%). Random-weight files are timed; where a trained model's exported file was at "
+            "hand it was timed beside its twin:",
         ]
         twins = [f"{n} {r['trained_file_ms']:.3f} ms trained against {r['measured_ms']:.3f} ms"
                  for n, r in models.items() if "trained_file_ms" in r]  # fmt: skip

@@ -51,10 +51,17 @@ def backbone_spec(
 
 
 def model_backbone_spec(model_config: ml_collections.ConfigDict) -> specs.BackboneSpec:
-    """The backbone table ``config.model`` describes."""
-    return backbone_spec(
+    """The backbone table ``config.model`` describes, its BatchNorm momentum capped at
+    ``config.model.bn_momentum_max``."""
+    spec = backbone_spec(
         model_config.name, model_config.dsp_block20_residual, model_config.get("arch", "")
     )
+    cap = float(model_config.get("bn_momentum_max", 1.0))
+    if not 0.0 < cap <= 1.0:
+        raise ValueError(f"model.bn_momentum_max must be in (0, 1], got {cap}")
+    if spec.bn_momentum > cap:
+        spec = dataclasses.replace(spec, bn_momentum=cap)
+    return spec
 
 
 def build_model(

@@ -302,3 +302,34 @@ def test_config_files(name):
     assert config.model.name == name
     with pytest.raises(AttributeError):
         config.model.no_such_field = 1
+
+
+def test_short_recipes_cap_the_batch_norm_momentum():
+    """MobileNetV2's TF1 decay 0.9997 keeps 79% of the initial moving statistics after the
+    quickstart's 800 steps; the quickstart recipe caps every backbone at 0.99, the full recipes
+    keep the table's own (MobileNetV3's 0.97 is below the cap either way)."""
+    from mobiledet_jax.models.factory import model_backbone_spec
+
+    c = config_lib.base_config("mobilenet_v2")
+    c.model.image_size = 64
+    assert model_backbone_spec(c.model).bn_momentum == 0.9997
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3)) + 3.0
+    moved = {}
+    for cap in (1.0, 0.99):
+        c.model.bn_momentum_max = cap
+        model = build_model(c.model)
+        variables = model.init(jax.random.PRNGKey(0), x, train=False)
+        _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        stem = state["batch_stats"]["backbone"]["Conv"]["BatchNorm"]
+        init = variables["batch_stats"]["backbone"]["Conv"]["BatchNorm"]
+        moved[cap] = np.asarray(stem["mean"]) - np.asarray(init["mean"])
+    # one step moves the mean (1 - momentum) of the way to the batch's: 0.01 / 0.0003
+    np.testing.assert_allclose(moved[0.99], moved[1.0] * (0.01 / 0.0003), rtol=1e-3)
+    quick = config_lib.base_config("mobilenet_v2")
+    config_lib.apply_quickstart_recipe(quick)
+    assert model_backbone_spec(quick.model).bn_momentum == 0.99
+    quick.model.name = "mobilenet_v3_large"
+    assert model_backbone_spec(quick.model).bn_momentum == 0.97
+    quick.model.bn_momentum_max = 1.5
+    with pytest.raises(ValueError, match="bn_momentum_max"):
+        model_backbone_spec(quick.model)
