@@ -399,7 +399,8 @@ def search_tpu_config(target: str, arg: str = "") -> ml_collections.ConfigDict:
     train with SGD peak 2.0, 2000 warm-up steps and cosine decay at batch 512; the reward batch
     is 512 too. (The paper's stand-alone short schedule uses 1024 at peak 4.0; the supernet's
     train step at 1024, 64 images a v5e chip, needs 16.7 GiB even with its branches
-    rematerialized: over v5e's 16 GiB. 512 and the linearly scaled rate: 8.3 GiB.) ``arg``: ``[<variant>][:final]``, variant one of SEARCH_VARIANTS (default
+    rematerialized, over v5e's 16 GiB; at 512, with the linearly scaled rate, XLA's buffer
+    assignment totals 8.3 GiB.) ``arg``: ``[<variant>][:final]``, variant one of SEARCH_VARIANTS (default
     ibn_fused_tucker), ``final`` for 100K steps (default 50K, the ablations' length)."""
     parts = [p for p in (arg or "").split(":") if p]
     unknown = [p for p in parts if p not in (*SEARCH_VARIANTS, "final")]

@@ -383,8 +383,9 @@ def spread_architectures(
 
     Uniform draws alone crowd the middle: 30 of them spanned 1.5-8.5 ms of a space whose
     architectures reach 0.9-11 ms, and a search asked for a fast network lands below that range,
-    where the calibration line was only extrapolated (the 1.4 ms search's result was over-priced by
-    24% measured on the same machine, the middle of the range 6% on average)."""
+    where the calibration line was only extrapolated. (Spreading did not cure the one network that
+    prompted it: the 1.4 ms search's result is over-priced by 24.8% with either calibration on the
+    same machine, so its error is in the sum of its pieces; see the README's demonstration.)"""
     if n < 1:
         return []
     draws = random_architectures(space, max(pool, n), rng, exclude=exclude, strict=False)
