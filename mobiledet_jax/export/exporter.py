@@ -194,6 +194,12 @@ def _convert_body(model, variables, size, fmt: str, head: str, opts, rep_pixels,
         variables = qat.fold_batch_norms(model, variables)
     if quant_stats:
         from mobiledet_jax.export import qat_convert
+        from mobiledet_jax.models import qat
+
+        # BatchNorm folded into the kernels here, as the converter would fold it (a trained BN
+        # scale becomes part of each channel's weight scale): the file then holds the very
+        # kernels, scales and biases of the model it is compared with (models.qat_integer)
+        variables = qat.fold_batch_norms(model, variables)
 
         body, variables = qat_convert.convert_snapped(
             model, {**variables, "quant_stats": quant_stats}, quant_stats, size, head,
@@ -239,16 +245,16 @@ def _with_metadata(tflite: bytes, model_config, names, fmt, size, meta, opts) ->
 
 def reference_model(model, variables, quantization, scheme):
     """``(model, variables, normalize, label)``: what the file is compared with (parity, COCO).
-    A QAT checkpoint's fake-quant JAX model (the int8 numerics it trained with, ``models.qat``;
-    the file should compute exactly that), fed the values the file's uint8 input stands for
-    (``qat.file_input``); else the float JAX model (post-training quantization: the comparison
-    shows its loss)."""
+    A QAT checkpoint's fake-quant JAX model (the int8 numerics it trained with, ``models.qat``)
+    computed in the file's integer arithmetic (``models.qat_integer``: the file should equal it
+    value for value), fed the values the file's uint8 input stands for (``qat.file_input``);
+    else the float JAX model (post-training quantization: the comparison shows its loss)."""
     if quantization != "qat":
         return model, variables, preprocess, "float JAX model"
-    from mobiledet_jax.models import qat
+    from mobiledet_jax.models import qat, qat_integer
 
-    qmodel = qat.qat_model(model, scheme=scheme)
-    return qmodel, variables, qat.file_input, "fake-quant JAX model (QAT)"
+    imodel = qat_integer.integer_model(model, variables, variables["quant_stats"], scheme)
+    return imodel, variables, qat.file_input, "fake-quant JAX model (QAT)"
 
 
 def int8_scheme(model_config, opts, quantization) -> str:
