@@ -94,6 +94,6 @@ def test_integer_model_equals_the_file_value_for_value(converted):
     for n in NAMES:
         print(n, "equal", np.mean(equal[n]), "within one step", np.mean(within[n]),
               "float fake-quant within one step", np.mean(float_within[n]))  # fmt: skip
-        # bit-equal on the quickstart's QAT model (every value of 4 images); on this random
-        # model a value first differs 49 ops in (cause not found yet), then spreads
-        assert np.mean(equal[n]) >= 0.97 and np.mean(within[n]) >= 0.99, n
+        assert np.mean(equal[n]) == 1.0, n  # every value, bit for bit
+    # the float fake-quant model is not (here: 99.87% of the boxes within one step)
+    assert min(np.mean(float_within[n]) for n in NAMES) < 1.0
