@@ -10,7 +10,8 @@ x weight scale), the conv biases (BN shifts) are rounded onto it (``snap_biases`
 most half that grid, a few thousandths of an output step), and the second file then holds exactly
 the fake-quant model's biases. On the quickstart QAT model that takes the raw outputs within one
 output step of the fake-quant model from 98.4% / 69.7% to 99.6% / 92.5% (boxes / logits, noise
-images); the remaining differences are TFLite's fixed-point requantization.
+images); the remaining differences are the float model's rounding, which ``models.qat_integer``
+(the integer arithmetic of the file, the export's reference) removes: bit-equal outputs.
 """
 
 from __future__ import annotations

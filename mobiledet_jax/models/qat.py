@@ -37,9 +37,12 @@ one computation; the export report's parity and COCO rows compare them):
 - *Activations*: ``asymmetric``: min/max ranges (a zero point per tensor), the file's; in
   ``symmetric``: abs-max ranges, zero point 0. A range is the mean over calibration images and
   training steps of each image's min/max (qwix's moving average), not their global extremes.
-- *Rounding*: qwix rounds half to even in float; TFLite requantizes the int32 accumulator in
-  fixed point: a few values per layer land one step apart, and that compounds with depth
-  (quickstart QAT model: 99.9% / 97.5% of the boxes / logits within one output step).
+- *Rounding*: qwix rounds half to even in float; TFLite accumulates in int32 and requantizes
+  with a float32 multiplier: a value a layer lands one step apart, and that compounds with
+  depth (quickstart QAT model: 99.9% / 97.5% of the boxes / logits within one output step).
+  ``models.qat_integer`` computes this model in the file's integer arithmetic (bit-equal to
+  the file); the export compares files with that, after folding BN's trained scale into the
+  kernels (``fold_batch_norms``) as the converter would.
 - *Input*: the file takes uint8 pixels at scale 2/255, zero point 128, i.e. ``(p - 128) * 2/255``
   (``file_input``), half a step below ``preprocess(p)`` (an integer zero point cannot hold
   -1 + k * 2/255); the fake-quant model is compared with the file on ``file_input(p)``.
