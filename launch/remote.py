@@ -101,6 +101,10 @@ def start_training(revision: str, env: dict[str, str], train_args: list[str]) ->
         f'"$(hostname)" {q(command)} >> "$LOGS/train.log"',
         f'nohup setsid bash -c {q(wrapped)} >> "$LOGS/train.log" 2>&1 < /dev/null &',
         'echo $! > "$LOGS/train.pid"',
+        # setsid makes the group a moment after the fork: wait for it (or for a trainer that has
+        # already exited), so that `status` and `stop` never see a started run as missing.
+        'for _ in $(seq 200); do kill -0 -- "-$!" 2>/dev/null && break; '
+        '[ -f "$LOGS/train.exit" ] && break; sleep 0.05; done',
         'echo "$(hostname): training started (pid $!), log $LOGS/train.log"',
     ]
     return "\n".join(lines)
@@ -112,7 +116,8 @@ def status(lines: int = 20) -> str:
     return "\n".join(
         [
             f'LOGS="{LOGS}"',
-            'if [ -f "$LOGS/train.pid" ] && kill -0 -- "-$(cat "$LOGS/train.pid")" 2>/dev/null; '
+            'if [ -f "$LOGS/train.pid" ] && { kill -0 -- "-$(cat "$LOGS/train.pid")" || '
+            'kill -0 "$(cat "$LOGS/train.pid")"; } 2>/dev/null; '
             'then echo "@@status RUNNING $(cat "$LOGS/train.pid")"',
             'elif [ -f "$LOGS/train.exit" ]; then echo "@@status EXITED $(cat "$LOGS/train.exit")"',
             'elif [ -f "$LOGS/train.pid" ]; then echo "@@status EXITED killed"',
